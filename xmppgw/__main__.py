@@ -1,0 +1,3 @@
+from xmppgw.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The `xmppgw` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+
+from xmppgw import config as configmod
+from xmppgw.log import configure as configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xmppgw", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the gateway in the foreground")
+    run.add_argument("-c", "--config", required=True, help="TOML config file")
+    check = sub.add_parser("check", help="validate a config file; exit 0 if good, 1 if not")
+    check.add_argument("-c", "--config", required=True, help="TOML config file")
+    args = parser.parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "check": cmd_check}
+    return commands[args.command](args)
+
+
+def _load(path: str) -> configmod.Config | None:
+    try:
+        return configmod.load(path)
+    except configmod.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    reals = sum(len(f.reals) for f in config.serverfarms)
+    print(f"{args.config}: OK: {len(config.vservers)} vservers, "
+          f"{len(config.serverfarms)} serverfarms, {reals} reals")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    log = configure_logging(config.gateway.log_format)
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        try:
+            runner.run(_serve(config, log))
+        except OSError as exc:
+            print(f"xmppgw: {exc.strerror}", file=sys.stderr)
+            return 1
+    return 0
+
+
+async def _serve(config: configmod.Config, log) -> None:  # noqa: ANN001
+    from xmppgw.net.gateway import Gateway
+
+    gateway = Gateway(config, log)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    log.info("started", config=config.path, loop=type(loop).__module__)
+    await stop.wait()
+    log.info("stopping")
+    await gateway.stop()
+    log.info("stopped")

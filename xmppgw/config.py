@@ -1,0 +1,605 @@
+"""Configuration: TOML parsed and validated once into frozen, typed objects.
+
+Every other module reads these objects, never the raw TOML, so each fact (a default, a
+limit, an allowed value) lives here and nowhere else. A bad file is refused as a whole with
+every problem listed, each naming the file, the line and the key path, because an operator
+fixing a config at 3 a.m. should not have to guess which `[[serverfarm.real]]` is meant.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+KINDS = ("c2s", "s2s", "component")
+MODES = ("starttls", "directtls")
+PREDICTORS = ("roundrobin", "leastconns", "sourcehash")
+LOG_FORMATS = ("auto", "json", "console")
+
+T = TypeVar("T")
+_REQUIRED: Any = object()
+
+
+class ConfigError(Exception):
+    """A config that must not run; `problems` holds one line per fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# ---------------------------------------------------------------------------------------
+# Typed configuration objects
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An IP literal with an optional port; reals may leave the port to the vserver (nat server)."""
+
+    host: str
+    port: int | None
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def with_port(self, port: int) -> tuple[str, int]:
+        """Where to connect: the real's own port if it has one, else the vserver's (IOS `nat server`)."""
+        return (self.host, self.port if self.port is not None else port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self.family_v6 else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """TCP keepalive and user timeout for both legs.
+
+    Relayed XMPP streams sit idle for hours, so the gateway never times them out itself;
+    the kernel notices a vanished peer instead (the seed's advice on tcp_keepalive_*).
+    """
+
+    idle: float = 60.0
+    interval: float = 10.0
+    count: int = 6
+    user_timeout: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    name: str | None = None
+    control_socket: str | None = None
+    domains: tuple[str, ...] = ()
+    header_timeout: float = 10.0
+    max_header_bytes: int = 4096
+    max_hello_bytes: int = 16384
+    connect_timeout: float = 1.0
+    log_format: str = "auto"
+    keepalive: Keepalive = field(default_factory=Keepalive)
+
+
+@dataclass(frozen=True, slots=True)
+class Faildetect:
+    numconns: int = 8
+    numclients: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RealConfig:
+    address: Address
+    weight: int = 8
+    reassign: int = 3
+    faildetect: Faildetect = field(default_factory=Faildetect)
+    retry: float = 60.0
+    inservice: bool = True
+    maxconns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerfarmConfig:
+    name: str
+    nat: str = "server"
+    predictor: str = "roundrobin"
+    connect_timeout: float = 1.0
+    reals: tuple[RealConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Sends streams of one kind and/or to one domain to another farm than the vserver's default."""
+
+    serverfarm: str
+    kind: str | None = None
+    domain: str | None = None
+
+    def matches(self, kind: str | None, domain: str | None) -> bool:
+        if self.kind is not None and self.kind != kind:
+            return False
+        if self.domain is not None and (domain is None or not domain_matches(self.domain, domain)):
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class VserverConfig:
+    name: str
+    virtual: Address
+    mode: str
+    serverfarm: str | None
+    inservice: bool = True
+    require_starttls: bool = False
+    kinds: tuple[str, ...] = ("c2s", "s2s")
+    routes: tuple[Route, ...] = ()
+    header_timeout: float = 10.0
+    max_header_bytes: int = 4096
+    max_hello_bytes: int = 16384
+
+    def farm_for(self, kind: str | None, domain: str | None) -> str | None:
+        """First matching route wins, then the default farm; None means no farm serves it."""
+        for route in self.routes:
+            if route.matches(kind, domain):
+                return route.serverfarm
+        return self.serverfarm
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    gateway: GatewayConfig
+    vservers: tuple[VserverConfig, ...]
+    serverfarms: tuple[ServerfarmConfig, ...]
+
+    def farm(self, name: str) -> ServerfarmConfig:
+        return next(f for f in self.serverfarms if f.name == name)
+
+    def serves(self, domain: str | None) -> bool:
+        """No `gateway.domains` means every domain is routed, as an IOS SLB would."""
+        if not self.gateway.domains:
+            return True
+        if domain is None:
+            return False
+        return any(domain_matches(pattern, domain) for pattern in self.gateway.domains)
+
+
+def domain_matches(pattern: str, domain: str) -> bool:
+    """Exact match, or `*.suffix` for any name strictly below suffix. Case-insensitive."""
+    domain = domain.lower().rstrip(".")
+    pattern = pattern.lower()
+    if pattern.startswith("*."):
+        return domain.endswith(pattern[1:]) and len(domain) > len(pattern) - 1
+    return domain == pattern
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
+    return loads(text, str(path))
+
+
+def loads(text: str, path: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    ctx = _Context(path, text)
+    config = _build(ctx, data)
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return config
+
+
+class _Context:
+    """Collects problems, each placed at a line of the source by its key path."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.locator = _Locator(text)
+        self.problems: list[str] = []
+
+    def error(self, keypath: tuple[str | int, ...], message: str) -> None:
+        line = self.locator.line_of(keypath)
+        where = f"{self.path}:{line}" if line else self.path
+        self.problems.append(f"{where}: {_format_keypath(keypath)}: {message}")
+
+
+def _format_keypath(keypath: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in keypath:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(top level)"
+
+
+class _Section:
+    """One TOML table being read: typed getters, and unknown keys reported at the end."""
+
+    def __init__(self, ctx: _Context, data: Any, keypath: tuple[str | int, ...]) -> None:
+        self.ctx = ctx
+        self.keypath = keypath
+        self.ok = isinstance(data, dict)
+        if not self.ok:
+            ctx.error(keypath, f"must be a table, not {_type_name(data)}")
+        self.data: dict[str, Any] = data if self.ok else {}
+        self.used: set[str] = set()
+
+    def get(
+        self,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = _REQUIRED,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        """The value of `key` if it has the right type and passes `check`, else the default."""
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                self.ctx.error(self.keypath + (key,), "is required")
+                return None
+            return default
+        value = self.data[key]
+        if not _is_type(value, kind):
+            self.ctx.error(
+                self.keypath + (key,),
+                f"must be {_kind_name(kind)}, not {_type_name(value)} ({value!r})",
+            )
+            return None if default is _REQUIRED else default
+        if isinstance(kind, tuple) and float in kind and isinstance(value, int):
+            value = float(value)
+        elif kind is float and isinstance(value, int):
+            value = float(value)
+        problem = check(value) if check else None
+        if problem:
+            self.ctx.error(self.keypath + (key,), problem)
+            return None if default is _REQUIRED else default
+        return value
+
+    def sub(self, key: str) -> _Section:
+        self.used.add(key)
+        return _Section(self.ctx, self.data.get(key, {}), self.keypath + (key,))
+
+    def tables(self, key: str) -> list[_Section]:
+        """An array of tables (`[[key]]`)."""
+        self.used.add(key)
+        value = self.data.get(key, [])
+        if not isinstance(value, list):
+            self.ctx.error(self.keypath + (key,), f"must be an array of tables ([[{key}]])")
+            return []
+        return [_Section(self.ctx, item, self.keypath + (key, i)) for i, item in enumerate(value)]
+
+    def done(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                allowed = ", ".join(sorted(self.used))
+                self.ctx.error(self.keypath + (key,), f"unknown key (known here: {allowed})")
+
+
+def _is_type(value: Any, kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    return isinstance(value, tuple(k for k in kinds if k is not bool))
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "an array", dict: "a table"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _at_least(low: int) -> Callable[[int], str | None]:
+    return lambda value: None if value >= low else f"must be at least {low}"
+
+
+def _one_of(choices: Iterable[str]) -> Callable[[str], str | None]:
+    choices = tuple(choices)
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
+def _strings(value: list[Any]) -> str | None:
+    return None if all(isinstance(v, str) for v in value) else "must be an array of strings"
+
+
+_DOMAIN_RE = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
+
+
+def _domain_check(value: str) -> str | None:
+    return None if _DOMAIN_RE.match(value.lower()) else f"{value!r} is not a domain name or *.suffix"
+
+
+def _domains(value: list[Any]) -> str | None:
+    return _strings(value) or next((p for p in map(_domain_check, value) if p), None)
+
+
+def parse_address(text: str, need_port: bool) -> Address:
+    """`1.2.3.4`, `1.2.3.4:5222`, `::1`, `[::1]:5222`; raises ValueError with the reason."""
+    host, port_text = text, None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError("missing ']' after an IPv6 address")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("expected ':port' after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv4 or IPv6 address") from None
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{port_text!r} is not a port (1-65535)")
+        port = int(port_text)
+    if need_port and port is None:
+        raise ValueError("needs a port, e.g. 127.0.0.1:5222 or [::1]:5222")
+    return Address(str(ip), port)
+
+
+def _address(section: _Section, key: str, need_port: bool) -> Address | None:
+    text = section.get(key, str)
+    if text is None:
+        return None
+    try:
+        return parse_address(text, need_port)
+    except ValueError as exc:
+        section.ctx.error(section.keypath + (key,), str(exc))
+        return None
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+def _build(ctx: _Context, data: dict[str, Any]) -> Config:
+    top = _Section(ctx, data, ())
+    gateway = _gateway(top.sub("gateway"))
+    farms = [_serverfarm(s, gateway) for s in top.tables("serverfarm")]
+    vservers = [_vserver(s, gateway) for s in top.tables("vserver")]
+    top.done()
+    _cross_check(ctx, vservers, farms)
+    return Config(
+        path=ctx.path,
+        gateway=gateway,
+        vservers=tuple(v for v in vservers if v is not None),
+        serverfarms=tuple(f for f in farms if f is not None),
+    )
+
+
+def _gateway(s: _Section) -> GatewayConfig:
+    d, k = GatewayConfig(), Keepalive()
+    ka = s.sub("keepalive")
+    keepalive = Keepalive(
+        idle=ka.get("idle", float, k.idle, _positive),
+        interval=ka.get("interval", float, k.interval, _positive),
+        count=ka.get("count", int, k.count, _at_least(1)),
+        user_timeout=ka.get("user_timeout", float, k.user_timeout, _positive),
+    )
+    ka.done()
+    gateway = GatewayConfig(
+        name=s.get("name", str, None, _domain_check),
+        control_socket=s.get("control_socket", str, None),
+        domains=tuple(d.lower() for d in s.get("domains", list, [], _domains)),
+        header_timeout=s.get("header_timeout", float, d.header_timeout, _positive),
+        max_header_bytes=s.get("max_header_bytes", int, d.max_header_bytes, _at_least(256)),
+        max_hello_bytes=s.get("max_hello_bytes", int, d.max_hello_bytes, _at_least(512)),
+        connect_timeout=s.get("connect_timeout", float, d.connect_timeout, _positive),
+        log_format=s.get("log_format", str, d.log_format, _one_of(LOG_FORMATS)),
+        keepalive=keepalive,
+    )
+    s.done()
+    return gateway
+
+
+def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
+    if not s.ok:
+        return None
+    reals = []
+    for r in s.tables("real"):
+        real = _real(r)
+        if real is not None:
+            reals.append(real)
+    farm = ServerfarmConfig(
+        name=s.get("name", str),
+        nat=s.get("nat", str, "server", _one_of(("server",))),
+        predictor=s.get("predictor", str, "roundrobin", _one_of(PREDICTORS)),
+        connect_timeout=s.get("connect_timeout", float, gateway.connect_timeout, _positive),
+        reals=tuple(reals),
+    )
+    s.done()
+    _unique(s, "real", [str(r.address) for r in reals], "address")
+    return farm
+
+
+def _real(s: _Section) -> RealConfig | None:
+    if not s.ok:
+        return None
+    d = Faildetect()
+    fd = s.sub("faildetect")
+    faildetect = Faildetect(
+        numconns=fd.get("numconns", int, d.numconns, _at_least(1)),
+        numclients=fd.get("numclients", int, d.numclients, _at_least(1)),
+    )
+    fd.done()
+    real = RealConfig(
+        address=_address(s, "address", need_port=False),  # type: ignore[arg-type]
+        weight=s.get("weight", int, 8, _at_least(1)),
+        reassign=s.get("reassign", int, 3, _at_least(1)),
+        faildetect=faildetect,
+        retry=s.get("retry", float, 60.0, _positive),
+        inservice=s.get("inservice", bool, True),
+        maxconns=s.get("maxconns", int, None, _at_least(1)),
+    )
+    s.done()
+    return real if real.address is not None else None
+
+
+def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
+    if not s.ok:
+        return None
+    routes = []
+    for r in s.tables("route"):
+        route = Route(
+            serverfarm=r.get("serverfarm", str),
+            kind=r.get("kind", str, None, _one_of(KINDS)),
+            domain=r.get("domain", str, None, _domain_check),
+        )
+        r.done()
+        if route.kind is None and route.domain is None:
+            r.ctx.error(r.keypath, "a route needs `kind`, `domain` or both")
+        routes.append(route)
+    kinds = s.get("kinds", list, ["c2s", "s2s"],
+                  lambda v: _strings(v) or next((f"unknown kind {k!r} (known: {', '.join(KINDS)})"
+                                                 for k in v if k not in KINDS), None))
+    vserver = VserverConfig(
+        name=s.get("name", str),
+        virtual=_address(s, "virtual", need_port=True),  # type: ignore[arg-type]
+        mode=s.get("mode", str, "starttls", _one_of(MODES)),
+        serverfarm=s.get("serverfarm", str, None),
+        inservice=s.get("inservice", bool, True),
+        require_starttls=s.get("require_starttls", bool, False),
+        kinds=tuple(kinds),
+        routes=tuple(routes),
+        header_timeout=s.get("header_timeout", float, gateway.header_timeout, _positive),
+        max_header_bytes=s.get("max_header_bytes", int, gateway.max_header_bytes, _at_least(256)),
+        max_hello_bytes=s.get("max_hello_bytes", int, gateway.max_hello_bytes, _at_least(512)),
+    )
+    s.done()
+    if vserver.serverfarm is None and not routes:
+        s.ctx.error(s.keypath + ("serverfarm",), "is required (or give [[vserver.route]] entries)")
+    if vserver.require_starttls and vserver.mode != "starttls":
+        s.ctx.error(s.keypath + ("require_starttls",), 'only applies to mode = "starttls"')
+    return vserver if vserver.virtual is not None else None
+
+
+def _unique(s: _Section, table: str, values: list[str], key: str) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            s.ctx.error(s.keypath + (table, i, key), f"duplicate {key} {value}")
+        seen.add(value)
+
+
+def _cross_check(ctx: _Context, vservers: list[VserverConfig | None],
+                 farms: list[ServerfarmConfig | None]) -> None:
+    """Facts that span sections: names resolve, nothing listens twice, names are unique."""
+    farm_names: dict[str, int] = {}
+    for i, farm in enumerate(farms):
+        if farm is None or farm.name is None:
+            continue
+        if farm.name in farm_names:
+            ctx.error(("serverfarm", i, "name"), f"duplicate serverfarm name {farm.name!r}")
+        farm_names[farm.name] = i
+    known = ", ".join(farm_names) or "none defined"
+    names: set[str] = set()
+    virtuals: set[str] = set()
+    for i, v in enumerate(vservers):
+        if v is None:
+            continue
+        if v.name in names:
+            ctx.error(("vserver", i, "name"), f"duplicate vserver name {v.name!r}")
+        names.add(v.name)
+        if str(v.virtual) in virtuals:
+            ctx.error(("vserver", i, "virtual"), f"duplicate virtual address {v.virtual}")
+        virtuals.add(str(v.virtual))
+        if v.serverfarm is not None and v.serverfarm not in farm_names:
+            ctx.error(("vserver", i, "serverfarm"), f"no serverfarm named {v.serverfarm!r} ({known})")
+        for j, route in enumerate(v.routes):
+            if route.serverfarm is not None and route.serverfarm not in farm_names:
+                ctx.error(("vserver", i, "route", j, "serverfarm"),
+                          f"no serverfarm named {route.serverfarm!r} ({known})")
+
+
+# ---------------------------------------------------------------------------------------
+# Line numbers for key paths
+# ---------------------------------------------------------------------------------------
+
+
+class _Locator:
+    """Maps a key path such as ("serverfarm", 0, "real", 2, "weight") to a source line.
+
+    tomllib keeps no positions, so this re-reads the text the cheap way: table headers and
+    `key =` lines, counting `[[array]]` entries per parent. It only has to be right for
+    files tomllib accepted, which keeps it simple.
+    """
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
+    _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_.\- ]+?)\s*=""")
+
+    def __init__(self, text: str) -> None:
+        self.lines: list[tuple[int, tuple[str | int, ...]]] = []
+        self._index(text)
+
+    def _index(self, text: str) -> None:
+        table: tuple[str | int, ...] = ()
+        last_index: dict[tuple[str | int, ...], int] = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            header = self._HEADER.match(line)
+            if header:
+                keys = [k.strip().strip("\"'") for k in header.group(2).split(".")]
+                path: tuple[str | int, ...] = ()
+                for k in keys[:-1]:
+                    path += (k,)
+                    if path in last_index:
+                        path += (last_index[path],)
+                path += (keys[-1],)
+                if header.group(1) == "[[":
+                    last_index[path] = last_index.get(path, -1) + 1
+                    path += (last_index[path],)
+                table = path
+                self.lines.append((number, table))
+                continue
+            key = self._KEY.match(line)
+            if key and not line.lstrip().startswith("#"):
+                parts = tuple(k.strip().strip("\"'") for k in key.group(1).split("."))
+                self.lines.append((number, table + parts))
+
+    def line_of(self, keypath: tuple[str | int, ...]) -> int | None:
+        """The line that best matches: the key itself, else its nearest enclosing table."""
+        best, best_len = None, 0
+        for number, path in self.lines:
+            n = _common_prefix(path, keypath)
+            if n == len(path) and n > best_len:
+                best, best_len = number, n
+        return best
+
+
+def _common_prefix(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

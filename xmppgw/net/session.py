@@ -1,0 +1,421 @@
+"""One client connection's way through the gateway.
+
+accept -> sniff (stream header or TLS ClientHello) -> route -> pick a real -> connect
+(reassign on failure) -> replay the buffered bytes exactly -> relay both ways -> close.
+
+The pure parts decide (readers in `xmppgw.wire`, the engine in `xmppgw.slb`); this module
+only moves bytes, runs timers and reports outcomes. Both legs are asyncio Protocols: no task
+per direction, and flow control by pausing the reading side when the writing side's buffer
+is full, so a slow peer never grows memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from xmppgw.net.sockopts import apply_keepalive
+from xmppgw.wire import clienthello as tls
+from xmppgw.wire.errors import stream_error, stream_header
+from xmppgw.wire.stream import Opaque, ProtocolError, StartTLSTracker, StreamHeader
+
+if TYPE_CHECKING:
+    from xmppgw.net.gateway import Gateway, VserverRuntime
+    from xmppgw.slb.farm import Real, Serverfarm
+
+ALPN_KINDS = {"xmpp-client": "c2s", "xmpp-server": "s2s"}  # XEP-0368 §3
+
+# Phases of a session, in order.
+SNIFFING, CONNECTING, RELAYING, CLOSED = "sniffing", "connecting", "relaying", "closed"
+
+
+class ClientSession(asyncio.Protocol):
+    """The accepted client connection; owns the upstream leg and the connection record."""
+
+    __slots__ = (
+        "gateway", "vserver", "loop", "transport", "upstream", "phase", "client", "started",
+        "buffer", "tracker", "hello", "header_timer", "connect_task", "kind", "domain",
+        "farm", "real", "sni", "alpn", "starttls", "bytes_from_client", "bytes_to_client",
+        "error", "client_eof", "upstream_eof", "client_lost", "paused_for_connect",
+    )
+
+    def __init__(self, gateway: Gateway, vserver: VserverRuntime) -> None:
+        self.gateway = gateway
+        self.vserver = vserver
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamLeg | None = None
+        self.phase = SNIFFING
+        self.client = "?"
+        self.started = time.monotonic()
+        self.buffer: list[bytes] | None = []
+        cfg = vserver.config
+        self.tracker: StartTLSTracker | None = None
+        self.hello: tls.ClientHelloReader | None = None
+        if cfg.mode == "starttls":
+            self.tracker = StartTLSTracker(cfg.max_header_bytes, cfg.require_starttls)
+        else:
+            self.hello = tls.ClientHelloReader(cfg.max_hello_bytes)
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.kind: str | None = None
+        self.domain: str | None = None
+        self.farm: Serverfarm | None = None
+        self.real: Real | None = None
+        self.sni: str | None = None
+        self.alpn: tuple[str, ...] = ()
+        self.starttls = False
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+        self.error: str | None = None
+        self.client_eof = False
+        self.upstream_eof = False
+        self.client_lost = False
+        self.paused_for_connect = False
+
+    # --- client leg -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = _format_peer(peer)
+        apply_keepalive(transport.get_extra_info("socket"), self.gateway.config.gateway.keepalive)
+        self.header_timer = self.loop.call_later(
+            self.vserver.config.header_timeout, self._header_timed_out)
+        self.gateway.sessions.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_from_client += len(data)
+        if self.phase is SNIFFING:
+            self.buffer.append(data)  # type: ignore[union-attr]
+            if self.tracker is not None:
+                self._starttls_events(self.tracker.client_data(data))
+            else:
+                self._hello_events(self.hello.feed(data))  # type: ignore[union-attr]
+        elif self.phase is CONNECTING:
+            self.buffer.append(data)  # type: ignore[union-attr]
+            if self.tracker is not None:
+                self._starttls_events(self.tracker.client_data(data))
+        elif self.phase is RELAYING:
+            if self.tracker is not None:
+                self._starttls_events(self.tracker.client_data(data))
+                if self.phase is not RELAYING:
+                    return  # a policy violation closed the session: do not forward
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.phase is RELAYING:
+            self._half_close(self.upstream.transport)  # type: ignore[union-attr]
+            return True
+        if self.phase is CONNECTING:
+            return True  # passed on once the replay is written
+        self.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client_lost = True
+        if self.phase is not CLOSED:
+            self.close()
+        self._finish_if_done()
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # --- sniffing and routing -----------------------------------------------------------
+
+    def _starttls_events(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, ProtocolError):
+                self.fail(event.condition, event.text)
+                return
+            if isinstance(event, StreamHeader) and self.phase is SNIFFING:
+                self._route_stream(event)
+                if self.phase is CLOSED:
+                    return
+            elif isinstance(event, Opaque):
+                self._went_opaque(event)
+
+    def _route_stream(self, header: StreamHeader) -> None:
+        self._cancel_header_timer()
+        self.kind = header.kind
+        self.domain = header.to.lower() if header.to else None
+        cfg = self.vserver.config
+        if header.kind not in cfg.kinds:
+            self.fail("invalid-namespace", f"{header.namespace} streams are not served here")
+            return
+        if not self.gateway.config.serves(self.domain):
+            self.fail("host-unknown", f"this gateway does not serve {self.domain or 'streams without to'}")
+            return
+        farm_name = cfg.farm_for(header.kind, self.domain)
+        if farm_name is None:
+            if any(r.matches(header.kind, None) or r.kind == header.kind for r in cfg.routes):
+                self.fail("host-unknown", f"no serverfarm for {self.domain}")
+            else:
+                self.fail("invalid-namespace", f"no serverfarm for {header.kind} streams")
+            return
+        self._start_connect(farm_name)
+
+    def _hello_events(self, events: list[tls.ClientHelloEvent]) -> None:
+        for event in events:
+            if isinstance(event, tls.HelloError):
+                self.fail_tls(event.alert, event.reason)
+                return
+            self._route_hello(event)
+
+    def _route_hello(self, hello: tls.ClientHello) -> None:
+        """XEP-0368: SNI names the domain, ALPN (optional, so never required) the kind."""
+        self._cancel_header_timer()
+        self.sni = self.domain = hello.sni
+        self.alpn = hello.alpn
+        self.kind = next((ALPN_KINDS[p] for p in hello.alpn if p in ALPN_KINDS), None)
+        cfg = self.vserver.config
+        if self.kind is not None and self.kind not in cfg.kinds:
+            self.fail_tls(tls.NO_APPLICATION_PROTOCOL, f"{self.kind} is not served here")
+            return
+        if hello.sni is not None and not self.gateway.config.serves(hello.sni):
+            self.fail_tls(tls.UNRECOGNIZED_NAME, f"this gateway does not serve {hello.sni}")
+            return
+        farm_name = cfg.farm_for(self.kind, self.domain)
+        if farm_name is None:
+            self.fail_tls(tls.UNRECOGNIZED_NAME, f"no serverfarm for {self.domain}")
+            return
+        self._start_connect(farm_name)
+
+    def _went_opaque(self, event: Opaque) -> None:
+        self.starttls = event.starttls
+        self.tracker = None  # relay opaquely from here on
+
+    def _header_timed_out(self) -> None:
+        self.header_timer = None
+        if self.phase is not SNIFFING:
+            return
+        if self.tracker is not None:
+            self.fail("connection-timeout",
+                      f"no stream header within {self.vserver.config.header_timeout:g} s")
+        else:
+            self.error = "hello-timeout"
+            self.close()
+
+    def _cancel_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    # --- connecting -----------------------------------------------------------------------
+
+    def _start_connect(self, farm_name: str) -> None:
+        self.phase = CONNECTING
+        self.farm = self.gateway.farms[farm_name]
+        # Hold the client until a real is there: bytes still arrive into the buffer up to the
+        # kernel's window, not without bound.
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        self.paused_for_connect = True
+        self.connect_task = self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        """Try reals until one accepts; the client has seen nothing, so this is invisible."""
+        farm = self.farm
+        assert farm is not None
+        tried: set[Real] = set()
+        port = self.vserver.config.virtual.port
+        timeout = farm.config.connect_timeout
+        while True:
+            real = farm.pick(self.client, time.monotonic(), frozenset(tried))
+            if real is None:
+                self.fail_no_real(tried)
+                return
+            tried.add(real)
+            host, rport = real.endpoint(port)  # type: ignore[arg-type]
+            leg = UpstreamLeg(self)
+            try:
+                await asyncio.wait_for(
+                    self.loop.create_connection(lambda: leg, host, rport), timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else (
+                    exc.strerror or type(exc).__name__)
+                farm.failed(real, self.client, time.monotonic(), reason)
+                self.gateway.log.warning("real_connect_failed", farm=farm.name, real=real.name,
+                                         client=self.client, reason=reason)
+                continue
+            self._connected(real, leg)
+            return
+
+    def _connected(self, real: Real, leg: UpstreamLeg) -> None:
+        self.connect_task = None
+        if self.phase is CLOSED:  # the client left while we connected
+            leg.transport.close()  # type: ignore[union-attr]
+            return
+        self.farm.connected(real, self.client, time.monotonic())  # type: ignore[union-attr]
+        self.real = real
+        self.upstream = leg
+        self.phase = RELAYING
+        apply_keepalive(leg.transport.get_extra_info("socket"),  # type: ignore[union-attr]
+                        self.gateway.config.gateway.keepalive)
+        leg.transport.write(b"".join(self.buffer))  # type: ignore[union-attr]
+        self.buffer = None
+        if self.client_eof:
+            self._half_close(leg.transport)  # type: ignore[arg-type]
+        elif self.paused_for_connect:
+            self.paused_for_connect = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def fail_no_real(self, tried: set[Real]) -> None:
+        what = "every real failed" if tried else "no real in service"
+        if self.tracker is not None or self.vserver.config.mode == "starttls":
+            self.fail("remote-connection-failed", f"{what} in serverfarm {self.farm.name}")  # type: ignore[union-attr]
+        else:
+            self.fail_tls(tls.INTERNAL_ERROR, f"{what} in serverfarm {self.farm.name}")  # type: ignore[union-attr]
+
+    # --- upstream leg callbacks -------------------------------------------------------------
+
+    def from_server(self, data: bytes) -> None:
+        self.bytes_to_client += len(data)
+        if self.tracker is not None:
+            for event in self.tracker.server_data(data):
+                if isinstance(event, Opaque):
+                    self._went_opaque(event)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def server_eof(self) -> bool:
+        self.upstream_eof = True
+        self._half_close(self.transport)  # type: ignore[arg-type]
+        return True
+
+    def server_lost(self) -> None:
+        if self.real is not None and self.farm is not None:
+            self.farm.closed(self.real, time.monotonic())
+        self.upstream = None
+        if self.phase is not CLOSED:
+            self.close()
+        self._finish_if_done()
+
+    # --- ending -----------------------------------------------------------------------------
+
+    def fail(self, condition: str, text: str) -> None:
+        """Answer with a stream error (RFC 6120 §4.9) and close both legs."""
+        if self.phase is CLOSED:
+            return
+        self.error = condition
+        if self.transport is not None and not self.transport.is_closing():
+            out = b""
+            if self.bytes_to_client == 0:  # the client has no stream header from us yet
+                header = self.tracker.header if self.tracker is not None else None
+                out = stream_header(
+                    namespace=header.namespace if header else "jabber:client",
+                    from_=self._error_from(),
+                    to=header.from_ if header else None,
+                    dialback=bool(header and header.dialback),
+                )
+            self.transport.write(out + stream_error(condition, text))
+        self.gateway.log.info("stream_error", client=self.client, vserver=self.vserver.name,
+                              condition=condition, text=text)
+        self.close()
+
+    def fail_tls(self, alert: int, reason: str) -> None:
+        """A TLS client gets a TLS answer: a fatal alert (RFC 8446 §6), then close."""
+        if self.phase is CLOSED:
+            return
+        self.error = f"tls-alert-{alert}"
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(tls.alert_record(alert))
+        self.gateway.log.info("tls_alert", client=self.client, vserver=self.vserver.name,
+                              alert=alert, reason=reason)
+        self.close()
+
+    def _error_from(self) -> str | None:
+        """§4.9.1.3: the domain asked for if served, else the gateway's own name, else none."""
+        gw = self.gateway.config
+        if self.domain and gw.gateway.domains and gw.serves(self.domain):
+            return self.domain
+        return gw.gateway.name
+
+    def close(self) -> None:
+        """Close both legs, flushing what is buffered; idempotent."""
+        if self.phase is CLOSED:
+            return
+        self.phase = CLOSED
+        self._cancel_header_timer()
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+        self.buffer = None
+        self.tracker = None
+        self.hello = None
+
+    def _half_close(self, transport: asyncio.Transport) -> None:
+        """Pass a FIN on; once both directions have ended, close."""
+        if self.client_eof and self.upstream_eof:
+            self.close()
+        elif transport.can_write_eof():
+            transport.write_eof()
+        else:
+            self.close()
+
+    def _finish_if_done(self) -> None:
+        if self.client_lost and self.upstream is None and self in self.gateway.sessions:
+            self.gateway.sessions.discard(self)
+            self.gateway.log.info(
+                "connection",
+                client=self.client,
+                vserver=self.vserver.name,
+                kind=self.kind,
+                to=self.domain,
+                sni=self.sni,
+                alpn=list(self.alpn) or None,
+                starttls=self.starttls,
+                farm=self.farm.name if self.farm else None,
+                real=self.real.name if self.real else None,
+                bytes_from_client=self.bytes_from_client,
+                bytes_to_client=self.bytes_to_client,
+                duration=round(time.monotonic() - self.started, 3),
+                error=self.error,
+            )
+
+
+class UpstreamLeg(asyncio.Protocol):
+    """The gateway's connection to a real; everything is handed to the session."""
+
+    __slots__ = ("session", "transport")
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.session.from_server(data)
+
+    def eof_received(self) -> bool:
+        return self.session.server_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session.upstream is self:
+            self.session.server_lost()
+
+    def pause_writing(self) -> None:
+        if self.session.transport is not None:
+            self.session.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.session.transport is not None and not self.session.paused_for_connect:
+            self.session.transport.resume_reading()
+
+
+def _format_peer(peer: Any) -> str:
+    if not peer:
+        return "?"
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
