@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config: configmod.Config, log) -> None:  # noqa: ANN001
+async def _serve(config: configmod.Config, log) -> None:
     from xmppgw.net.gateway import Gateway
 
     gateway = Gateway(config, log)

@@ -120,11 +120,10 @@ class Route:
     domain: str | None = None
 
     def matches(self, kind: str | None, domain: str | None) -> bool:
-        if self.kind is not None and self.kind != kind:
-            return False
-        if self.domain is not None and (domain is None or not domain_matches(self.domain, domain)):
-            return False
-        return True
+        kind_ok = self.kind is None or self.kind == kind
+        domain_ok = self.domain is None or (
+            domain is not None and domain_matches(self.domain, domain))
+        return kind_ok and domain_ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,10 +259,9 @@ class _Section:
                 f"must be {_kind_name(kind)}, not {_type_name(value)} ({value!r})",
             )
             return None if default is _REQUIRED else default
-        if isinstance(kind, tuple) and float in kind and isinstance(value, int):
-            value = float(value)
-        elif kind is float and isinstance(value, int):
-            value = float(value)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int):
+            value = float(value)  # TOML `retry = 30` is a duration like `retry = 30.0`
         problem = check(value) if check else None
         if problem:
             self.ctx.error(self.keypath + (key,), problem)

@@ -8,7 +8,7 @@ import sys
 import structlog
 
 
-def configure(fmt: str = "auto", stream=None) -> structlog.stdlib.BoundLogger:  # noqa: ANN001
+def configure(fmt: str = "auto", stream=None) -> structlog.stdlib.BoundLogger:
     """One JSON object per line unless a person is watching (`auto` + a terminal)."""
     stream = stream or sys.stdout
     if fmt == "auto":

@@ -34,10 +34,33 @@ class ClientSession(asyncio.Protocol):
     """The accepted client connection; owns the upstream leg and the connection record."""
 
     __slots__ = (
-        "gateway", "vserver", "loop", "transport", "upstream", "phase", "client", "started",
-        "buffer", "tracker", "hello", "header_timer", "connect_task", "kind", "domain",
-        "farm", "real", "sni", "alpn", "starttls", "bytes_from_client", "bytes_to_client",
-        "error", "client_eof", "upstream_eof", "client_lost", "paused_for_connect",
+        "alpn",
+        "buffer",
+        "bytes_from_client",
+        "bytes_to_client",
+        "client",
+        "client_eof",
+        "client_lost",
+        "connect_task",
+        "domain",
+        "error",
+        "farm",
+        "gateway",
+        "header_timer",
+        "hello",
+        "kind",
+        "loop",
+        "paused_for_connect",
+        "phase",
+        "real",
+        "sni",
+        "started",
+        "starttls",
+        "tracker",
+        "transport",
+        "upstream",
+        "upstream_eof",
+        "vserver",
     )
 
     def __init__(self, gateway: Gateway, vserver: VserverRuntime) -> None:
@@ -236,9 +259,9 @@ class ClientSession(asyncio.Protocol):
             leg = UpstreamLeg(self)
             try:
                 await asyncio.wait_for(
-                    self.loop.create_connection(lambda: leg, host, rport), timeout)
-            except (OSError, asyncio.TimeoutError) as exc:
-                reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else (
+                    self.loop.create_connection(lambda leg=leg: leg, host, rport), timeout)
+            except (TimeoutError, OSError) as exc:
+                reason = "timeout" if isinstance(exc, TimeoutError) else (
                     exc.strerror or type(exc).__name__)
                 farm.failed(real, self.client, time.monotonic(), reason)
                 self.gateway.log.warning("real_connect_failed", farm=farm.name, real=real.name,

@@ -14,6 +14,7 @@ and any namespace prefix work, unlike literal-byte matchers (xmpp-proxy, sslh).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from xml.parsers import expat
 
@@ -166,7 +167,7 @@ class StreamReader:
 
     # --- expat handlers -----------------------------------------------------------------
 
-    def _restricted(self, what: str):  # noqa: ANN202 - a handler factory
+    def _restricted(self, what: str) -> Callable[..., None]:
         def handler(*_args: object) -> None:
             raise _Stop(ProtocolError("restricted-xml", f"{what} not allowed in XMPP (RFC 6120 §11.1)"))
         return handler
@@ -275,9 +276,10 @@ class StartTLSTracker:
             if isinstance(event, StreamHeader):
                 self.header = event
             elif isinstance(event, Element):
-                events.extend(self._client_element(reader, event))
-                if self.starttls_requested or self.opaque or reader.error:
-                    break
+                verdict = self._client_element(reader, event)
+                events.extend(verdict)
+                if verdict or self.starttls_requested:
+                    break  # TLS, opaque or refused: later events of this chunk do not count
         if (reader.header is not None and self.opaque is None and not self.starttls_requested
                 and reader.error is None and reader.consumed > self.max_cleartext_bytes):
             events.extend(self._cleartext_too_long(reader))
