@@ -1,0 +1,216 @@
+"""Config: the seed loads as it is; every bad input is refused naming file, line and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xmppgw import config
+from xmppgw.config import Address, ConfigError, parse_address
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = ROOT.parent / "shared" / "seed-config.toml"
+SHIPPED = ROOT / "conf" / "seed.toml"
+
+MINIMAL = """\
+[gateway]
+domains = ["example.test"]
+
+[[vserver]]
+name = "V"
+virtual = "127.0.0.1:5222"
+serverfarm = "F"
+
+[[serverfarm]]
+name = "F"
+
+[[serverfarm.real]]
+address = "127.0.0.2"
+"""
+
+
+def refused(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, "test.toml")
+    return info.value.problems
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="../shared/seed-config.toml is not beside the repo")
+def test_seed_config_loads_as_it_is() -> None:
+    cfg = config.load(SEED)
+    assert [v.name for v in cfg.vservers] == ["P5222", "P5223", "P5269"]
+    assert [v.mode for v in cfg.vservers] == ["starttls", "directtls", "starttls"]
+    farm = cfg.farm("XMPP")
+    assert (farm.predictor, farm.nat) == ("leastconns", "server")
+    assert [r.inservice for r in farm.reals] == [True, True, True, False]
+    real = farm.reals[0]
+    assert (real.weight, real.reassign, real.retry) == (5, 4, 30.0)
+    assert (real.faildetect.numconns, real.faildetect.numclients) == (16, 5)
+    assert real.address.with_port(5223) == ("213.134.162.162", 5223)
+    assert cfg.gateway.domains == ("example.test",)
+
+
+def test_shipped_seed_is_the_seed_with_loopback_addresses() -> None:
+    """conf/seed.toml keeps every key of the seed; only addresses differ."""
+    shipped = config.load(SHIPPED)
+    if SEED.exists():
+        seed = config.load(SEED)
+        assert [r.weight for r in shipped.farm("XMPP").reals] == [
+            r.weight for r in seed.farm("XMPP").reals]
+        assert [v.mode for v in shipped.vservers] == [v.mode for v in seed.vservers]
+    assert all(v.virtual.host.startswith("127.") for v in shipped.vservers)
+
+
+def test_defaults() -> None:
+    cfg = config.loads(MINIMAL)
+    vs, real = cfg.vservers[0], cfg.serverfarms[0].reals[0]
+    assert (vs.mode, vs.header_timeout, vs.max_header_bytes, vs.kinds) == (
+        "starttls", 10.0, 4096, ("c2s", "s2s"))
+    assert (real.weight, real.reassign, real.retry, real.inservice) == (8, 3, 60.0, True)
+    assert (real.faildetect.numconns, real.faildetect.numclients) == (8, 2)
+    assert cfg.gateway.keepalive.idle == 60.0
+
+
+def test_unknown_key_names_file_line_and_path() -> None:
+    text = MINIMAL.replace('address = "127.0.0.2"', 'address = "127.0.0.2"\nwieght = 3')
+    [problem] = refused(text)
+    assert problem.startswith("test.toml:14: serverfarm[0].real[0].wieght: unknown key")
+    assert "weight" in problem  # the known keys are listed
+
+
+def test_wrong_type() -> None:
+    [problem] = refused(MINIMAL.replace('name = "F"\n\n[[', 'name = "F"\npredictor = 3\n\n[['))
+    assert problem == ("test.toml:11: serverfarm[0].predictor: must be a string, "
+                       "not an integer (3)")
+
+
+def test_bool_is_not_an_integer() -> None:
+    [problem] = refused(MINIMAL + "weight = true\n")
+    assert "serverfarm[0].real[0].weight: must be an integer, not a boolean" in problem
+
+
+def test_missing_serverfarm() -> None:
+    [problem] = refused(MINIMAL.replace('serverfarm = "F"', 'serverfarm = "G"'))
+    assert problem == "test.toml:7: vserver[0].serverfarm: no serverfarm named 'G' (F)"
+
+
+def test_duplicate_virtual_and_real_addresses() -> None:
+    text = MINIMAL + """
+[[vserver]]
+name = "W"
+virtual = "127.0.0.1:5222"
+serverfarm = "F"
+""" + '\n[[serverfarm.real]]\naddress = "127.0.0.2"\n'
+    problems = refused(text)
+    assert "test.toml:17: vserver[1].virtual: duplicate virtual address 127.0.0.1:5222" in problems
+    assert any(p.startswith("test.toml:21: serverfarm[0].real[1].address: duplicate address")
+               for p in problems), problems
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = MINIMAL.replace('mode', 'x').replace('"127.0.0.1:5222"', '"127.0.0.1"') + "weight = 0\n"
+    problems = refused(text)
+    assert len(problems) == 2
+    assert "vserver[0].virtual: needs a port" in problems[0] or "needs a port" in problems[1]
+    assert any("weight: must be at least 1" in p for p in problems)
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"starttls2"', "must be one of starttls, directtls"),
+    ("[1]", "must be a string"),
+])
+def test_mode_values(value: str, message: str) -> None:
+    text = MINIMAL.replace('serverfarm = "F"\n', f'serverfarm = "F"\nmode = {value}\n', 1)
+    [problem] = refused(text)
+    assert "vserver[0].mode" in problem and message in problem
+
+
+def test_routes_and_kinds() -> None:
+    text = MINIMAL + """
+[[serverfarm]]
+name = "S2S"
+[[serverfarm.real]]
+address = "127.0.0.3"
+""" + """
+[[vserver]]
+name = "W"
+virtual = "[::1]:5269"
+kinds = ["s2s", "component"]
+serverfarm = "F"
+[[vserver.route]]
+kind = "s2s"
+domain = "*.example.test"
+serverfarm = "S2S"
+"""
+    cfg = config.loads(text)
+    w = cfg.vservers[1]
+    assert w.virtual == Address("::1", 5269)
+    assert w.farm_for("s2s", "muc.example.test") == "S2S"
+    assert w.farm_for("s2s", "example.test") == "F"
+    assert w.farm_for("c2s", "muc.example.test") == "F"
+    assert refused(text.replace('kind = "s2s"\n', 'kind = "s3s"\n'))[0].endswith(
+        "must be one of c2s, s2s, component")
+    problem = refused(text.replace('serverfarm = "S2S"\n', 'serverfarm = "NOPE"\n'))[0]
+    assert "vserver[1].route[0].serverfarm: no serverfarm named 'NOPE'" in problem
+
+
+def test_toml_syntax_error_names_file_and_line() -> None:
+    [problem] = refused("[gateway\n")
+    assert problem.startswith("test.toml: TOML syntax error:") and "line 1" in problem
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("10.0.0.1", Address("10.0.0.1", None)),
+    ("10.0.0.1:5222", Address("10.0.0.1", 5222)),
+    ("::1", Address("::1", None)),
+    ("[::1]:5269", Address("::1", 5269)),
+    ("[2001:db8::1]", Address("2001:db8::1", None)),
+])
+def test_addresses(text: str, expected: Address) -> None:
+    assert parse_address(text, need_port=False) == expected
+
+
+@pytest.mark.parametrize("text", ["example.test:5222", "1.2.3.4:0", "1.2.3.4:99999", "[::1",
+                                  "[::1]5222", "1.2.3.4:x"])
+def test_bad_addresses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text, need_port=False)
+
+
+def test_domain_patterns() -> None:
+    cfg = config.loads(MINIMAL.replace('["example.test"]', '["example.test", "*.muc.test"]'))
+    assert cfg.serves("EXAMPLE.test") and cfg.serves("room.muc.test")
+    assert not cfg.serves("muc.test") and not cfg.serves("evil.test") and not cfg.serves(None)
+    assert config.loads(MINIMAL.replace('domains = ["example.test"]', "")).serves(None)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xmppgw", *args], check=False, capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(MINIMAL)
+    result = run_cli("check", "-c", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "OK: 1 vservers, 1 serverfarms, 1 reals" in result.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MINIMAL.replace('serverfarm = "F"', 'serverfarm = "G"'))
+    result = run_cli("check", "-c", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{bad}:7: vserver[0].serverfarm: no serverfarm named 'G' (F)"
+    result = run_cli("check", "-c", str(tmp_path / "missing.toml"))
+    assert result.returncode == 1 and "cannot read" in result.stderr
+
+
+def test_run_refuses_a_bad_config_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway]\nheader_timeout = -1\n")
+    result = run_cli("run", "-c", str(bad))
+    assert result.returncode == 1
+    assert "gateway.header_timeout: must be greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
