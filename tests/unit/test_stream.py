@@ -166,6 +166,18 @@ def test_unreadable_server_stream_is_not_judged() -> None:
     assert tracker.server_data(b"<<<")[-1].starttls is False
 
 
+def test_malformed_client_xml_after_header_is_left_to_the_real() -> None:
+    tracker = StartTLSTracker()
+    events = tracker.client_data(C2S + b"\x00\xffrandom")
+    assert events[-1] == Opaque(False, "client stream unreadable: not well-formed (invalid token)")
+    strict = StartTLSTracker(require_starttls=True)
+    assert strict.client_data(C2S + b"\x00\xffrandom")[-1].condition == "not-well-formed"
+
+
+def test_malformed_header_is_the_gateways_to_answer() -> None:
+    assert StartTLSTracker().client_data(b"<stream:stream\x00")[-1].condition == "not-well-formed"
+
+
 def test_long_cleartext_phase_stops_tracking() -> None:
     tracker = StartTLSTracker(require_starttls=True, max_cleartext_bytes=1000)
     events = tracker.client_data(C2S + b"<iq id='1' type='get'><x/></iq>" * 100)

@@ -253,7 +253,8 @@ class StartTLSTracker:
     follows is a TLS ClientHello) and the server at its answer. A stream that goes on without
     STARTTLS goes opaque at the client's first other top-level element, unless
     `require_starttls` holds it: then a SASL `<auth>` before TLS is a policy violation, so
-    credentials never cross the gateway in the clear.
+    credentials never cross the gateway in the clear. Malformed client XML after the header
+    is the real's to answer (it has the stream by then), again unless `require_starttls`.
     """
 
     def __init__(self, max_header_bytes: int | None = 4096, require_starttls: bool = False,
@@ -272,6 +273,9 @@ class StartTLSTracker:
         events: list[TrackerEvent] = []
         reader = self.client
         for event in reader.feed(data):
+            if isinstance(event, ProtocolError) and self.header is not None:
+                events.append(self._client_unreadable(event))
+                break
             events.append(event)
             if isinstance(event, StreamHeader):
                 self.header = event
@@ -297,6 +301,14 @@ class StartTLSTracker:
             reader.error = error
             return [error]
         return []
+
+    def _client_unreadable(self, error: ProtocolError) -> TrackerEvent:
+        """After the header the real has the stream and judges its XML, as for the server's;
+        only with require_starttls must the gateway refuse what it cannot read, since it can
+        no longer tell whether credentials are inside."""
+        if self.require_starttls:
+            return error
+        return self._go_opaque(False, f"client stream unreadable: {error.text}")
 
     def _cleartext_too_long(self, reader: StreamReader) -> list[TrackerEvent]:
         if self.require_starttls:

@@ -1,0 +1,320 @@
+"""The gateway process on its own: every stream error, TLS alerts, byte-exactness, flow
+control, half-close, no fd leaks, clean stop. The backend here is a byte echo: these tests
+are about what crosses the gateway, not about XMPP servers (those are in the other files)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.backends import EchoBackend
+from tests.support.gateway import GatewayProcess
+from xmppgw.wire.clienthello import alert_record
+
+VIP = "127.0.6.1"
+ECHO = "127.0.6.10"
+STREAMS = "{http://etherx.jabber.org/streams}"
+ERRORS = "{urn:ietf:params:xml:ns:xmpp-streams}"
+
+CONFIG = f"""
+[gateway]
+name = "gw.example.test"
+domains = ["example.test", "*.example.test"]
+header_timeout = 1
+max_header_bytes = 1024
+
+[[vserver]]
+name = "E5222"
+virtual = "{VIP}:5222"
+serverfarm = "ECHO"
+
+[[vserver]]
+name = "E5223"
+virtual = "{VIP}:5223"
+mode = "directtls"
+serverfarm = "ECHO"
+
+[[vserver]]
+name = "DEAD"
+virtual = "{VIP}:5224"
+serverfarm = "DEAD"
+
+[[vserver]]
+name = "C2SONLY"
+virtual = "{VIP}:5225"
+kinds = ["c2s"]
+serverfarm = "ECHO5222"
+
+[[serverfarm]]
+name = "ECHO"
+[[serverfarm.real]]
+address = "{ECHO}"
+
+[[serverfarm]]
+name = "ECHO5222"
+[[serverfarm.real]]
+address = "{ECHO}:5222"
+
+[[serverfarm]]
+name = "DEAD"
+[[serverfarm.real]]
+address = "127.0.6.11"
+[[serverfarm.real]]
+address = "127.0.6.12"
+"""
+
+
+def header(to: str | None = "example.test", ns: str = "jabber:client",
+           stream_ns: str = "http://etherx.jabber.org/streams") -> bytes:
+    to_attr = f"to='{to}' " if to else ""
+    return (f"<?xml version='1.0'?><stream:stream {to_attr}xmlns='{ns}' "
+            f"xmlns:stream='{stream_ns}' version='1.0'>").encode()
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[tuple[EchoBackend, EchoBackend]]:
+    backends = (EchoBackend(ECHO, 5222), EchoBackend(ECHO, 5223))
+    yield backends
+    for b in backends:
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, echo) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(CONFIG, tmp_path_factory.mktemp("transport")).start()
+    yield gw
+    gw.stop()
+
+
+def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send data, read until the gateway closes; returns everything received."""
+    with socket.create_connection((VIP, port), timeout=timeout) as sock:
+        if data:
+            sock.sendall(data)
+        return read_to_eof(sock)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def stream_error(reply: bytes) -> tuple[ET.Element, str]:
+    """Parse the gateway's whole answer; returns the stream root and the error condition."""
+    root = ET.fromstring(reply)
+    assert root.tag == f"{STREAMS}stream"
+    [error] = list(root)
+    assert error.tag == f"{STREAMS}error"
+    conditions = [c.tag.removeprefix(ERRORS) for c in error if c.tag != f"{ERRORS}text"]
+    assert len(conditions) == 1, reply
+    return root, conditions[0]
+
+
+# --- stream errors (RFC 6120 §4.9) ------------------------------------------------------------
+
+
+def test_host_unknown_never_reaches_a_real(gateway: GatewayProcess, echo) -> None:
+    before = echo[0].accepted
+    reply = exchange(5222, header(to="evil.test"))
+    root, condition = stream_error(reply)
+    assert condition == "host-unknown"
+    assert root.get("from") == "gw.example.test"  # §4.9.1.3: our own name, not evil.test
+    assert b"xmlns='jabber:client'" in reply
+    assert echo[0].accepted == before
+
+
+def test_host_unknown_without_to(gateway: GatewayProcess, echo) -> None:
+    before = echo[0].accepted
+    assert stream_error(exchange(5222, header(to=None)))[1] == "host-unknown"
+    assert echo[0].accepted == before
+
+
+def test_error_header_uses_the_peer_namespace(gateway: GatewayProcess) -> None:
+    reply = exchange(5222, header(to="evil.test", ns="jabber:server"))
+    assert b"xmlns='jabber:server'" in reply
+    assert stream_error(reply)[1] == "host-unknown"
+
+
+def test_connection_timeout(gateway: GatewayProcess) -> None:
+    reply = exchange(5222, b"<?xml version='1.0'?><stream:str")
+    assert stream_error(reply)[1] == "connection-timeout"
+
+
+@pytest.mark.parametrize("data, condition", [
+    (b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n", "not-well-formed"),
+    (b"<!-- hello --><stream:stream>", "restricted-xml"),
+    (b"<!DOCTYPE stream:stream [<!ENTITY x 'y'>]>", "restricted-xml"),
+    (b"<?php echo 1; ?>", "restricted-xml"),
+    (header(to="&xxe;"), "restricted-xml"),
+    (header(stream_ns="urn:not-streams"), "invalid-namespace"),
+    (header(ns="jabber:iq:roster"), "invalid-namespace"),
+    (b"<stream:stream xmlns='jabber:client' to='example.test'>", "bad-namespace-prefix"),
+    (b"<?xml version='1.0' encoding='UTF-16'?>", "unsupported-encoding"),
+    (b"<stream:stream xmlns='jabber:client' " + b"a='b' " * 400, "policy-violation"),
+])
+def test_protocol_errors(gateway: GatewayProcess, data: bytes, condition: str) -> None:
+    reply = exchange(5222, data)
+    assert stream_error(reply)[1] == condition
+    record = gateway.wait_record(lambda r: r.get("error") == condition)
+    assert record["real"] is None
+
+
+def test_kind_not_served_is_invalid_namespace(gateway: GatewayProcess, echo) -> None:
+    before = echo[0].accepted
+    reply = exchange(5225, header(ns="jabber:server"))
+    assert stream_error(reply)[1] == "invalid-namespace"
+    assert b"xmlns='jabber:server'" in reply
+    assert stream_error(exchange(5225, header(ns="jabber:component:accept")))[1] == (
+        "invalid-namespace")
+    assert echo[0].accepted == before
+
+
+def test_remote_connection_failed_when_no_real_answers(gateway: GatewayProcess) -> None:
+    reply = exchange(5224, header())
+    assert stream_error(reply)[1] == "remote-connection-failed"
+    failures = gateway.records("real_connect_failed")
+    assert {r["real"] for r in failures} >= {"127.0.6.11", "127.0.6.12"}
+
+
+# --- direct TLS (XEP-0368) ---------------------------------------------------------------------
+
+
+def tls_client(sni: str | None, alpn: list[str]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def test_unknown_sni_gets_unrecognized_name_alert(gateway: GatewayProcess, echo) -> None:
+    before = echo[1].accepted
+    ctx = tls_client("evil.test", ["xmpp-client"])
+    with (socket.create_connection((VIP, 5223), timeout=5) as raw,
+          pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME")):
+        ctx.wrap_socket(raw, server_hostname="evil.test")
+    assert echo[1].accepted == before
+
+
+def test_not_tls_on_directtls_gets_decode_error(gateway: GatewayProcess) -> None:
+    assert exchange(5223, header()) == alert_record(50)
+    assert exchange(5223, b"\x16\x03\x01\x00\x04\x02\x00\x00\x00") == alert_record(10)
+
+
+def test_clienthello_is_replayed_exactly(gateway: GatewayProcess, echo) -> None:
+    """The hello reaches the real byte for byte, even split into tiny TCP segments."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_client("example.test", ["xmpp-client"]).wrap_bio(
+        incoming, outgoing, server_hostname="example.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    with socket.create_connection((VIP, 5223), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(hello), 7):
+            sock.sendall(hello[i:i + 7])
+            time.sleep(0.001)
+        echoed = b""
+        while len(echoed) < len(hello):
+            echoed += sock.recv(65536)
+    assert echoed == hello
+    record = gateway.wait_record(lambda r: r.get("sni") == "example.test")
+    assert record["alpn"] == ["xmpp-client"] and record["kind"] == "c2s"
+
+
+# --- the relay ---------------------------------------------------------------------------------
+
+
+def test_megabytes_both_ways_through_a_slow_reader(gateway: GatewayProcess) -> None:
+    """Byte-exact, and flow control holds: the gateway does not buffer what the reader won't take."""
+    rng = random.Random(6120)
+    payload = rng.randbytes(16 * 1024 * 1024)
+    sent = header() + payload
+    rss_before = gateway.rss_kib()
+    peak = [rss_before]
+    with socket.create_connection((VIP, 5222), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        writer = threading.Thread(target=lambda: (sock.sendall(sent), sock.shutdown(socket.SHUT_WR)))
+        writer.start()
+        received = bytearray()
+        while True:
+            chunk = sock.recv(16384)
+            if not chunk:
+                break
+            received += chunk
+            if len(received) < 4 * 1024 * 1024:
+                time.sleep(0.0005)  # a slow reader for the first megabytes
+                if len(received) % (256 * 1024) < 16384:
+                    peak.append(gateway.rss_kib())
+        writer.join()
+    assert bytes(received) == sent  # the echo came back whole, in order, through half-close
+    assert max(peak) - rss_before < 8 * 1024, f"RSS grew {max(peak) - rss_before} KiB"
+    record = gateway.wait_record(lambda r: r.get("bytes_from_client") == len(sent))
+    assert record["bytes_to_client"] == len(sent)
+    assert record["real"] == ECHO and record["error"] is None
+
+
+def test_half_close_passes_through(gateway: GatewayProcess) -> None:
+    with socket.create_connection((VIP, 5222), timeout=5) as sock:
+        sock.sendall(header() + b"<presence/>")
+        sock.shutdown(socket.SHUT_WR)  # the echo sees EOF only if the gateway passes the FIN on
+        assert read_to_eof(sock) == header() + b"<presence/>"
+
+
+def test_no_fd_leak_after_many_connections(gateway: GatewayProcess) -> None:
+    def burst() -> None:
+        for i in range(60):
+            kind = i % 4
+            with socket.create_connection((VIP, 5222), timeout=5) as sock:
+                if kind == 0:
+                    sock.sendall(header() + b"<presence/>")
+                    sock.recv(100)
+                elif kind == 1:
+                    sock.sendall(header(to="evil.test"))
+                    read_to_eof(sock)
+                elif kind == 2:
+                    sock.sendall(b"<!--")
+                    read_to_eof(sock)
+                # kind 3: connect and leave at once
+    burst()
+    time.sleep(0.5)
+    baseline = gateway.fd_count()
+    burst()
+    deadline = time.monotonic() + 10
+    while gateway.fd_count() > baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gateway.fd_count() <= baseline
+
+
+def test_sigterm_stops_cleanly(tmp_path: Path, echo) -> None:
+    config = CONFIG.replace(VIP, "127.0.6.2")
+    gw = GatewayProcess(config, tmp_path).start()
+    sent = header() + b"<presence/>"
+    with socket.create_connection(("127.0.6.2", 5222), timeout=5) as sock:
+        sock.sendall(sent)
+        echoed = b""
+        while len(echoed) < len(sent):
+            echoed += sock.recv(65536)
+        assert gw.stop() == 0
+        assert read_to_eof(sock) == b""  # closed by the gateway, not left hanging
+    assert "Traceback" not in gw.log_text()
+    assert [r["event"] for r in gw.records()][-1] == "stopped"
+
+
+def test_bind_failure_is_a_clear_message(tmp_path: Path, gateway: GatewayProcess) -> None:
+    gw = GatewayProcess(CONFIG, tmp_path)  # same addresses: already taken by `gateway`
+    with pytest.raises(RuntimeError, match="cannot listen on 127.0.6.1:5222"):
+        gw.start()
+    assert "Traceback" not in gw.log_text()
+    assert os.path.exists(gw.log_path)
