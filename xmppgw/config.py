@@ -82,6 +82,7 @@ class GatewayConfig:
     max_hello_bytes: int = 16384
     connect_timeout: float = 1.0
     log_format: str = "auto"
+    log_connect: bool = False
     keepalive: Keepalive = field(default_factory=Keepalive)
 
 
@@ -415,6 +416,7 @@ def _gateway(s: _Section) -> GatewayConfig:
         max_hello_bytes=s.get("max_hello_bytes", int, d.max_hello_bytes, _at_least(512)),
         connect_timeout=s.get("connect_timeout", float, d.connect_timeout, _positive),
         log_format=s.get("log_format", str, d.log_format, _one_of(LOG_FORMATS)),
+        log_connect=s.get("log_connect", bool, d.log_connect),
         keepalive=keepalive,
     )
     s.done()

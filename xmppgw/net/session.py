@@ -281,6 +281,10 @@ class ClientSession(asyncio.Protocol):
         self.phase = RELAYING
         apply_keepalive(leg.transport.get_extra_info("socket"),  # type: ignore[union-attr]
                         self.gateway.config.gateway.keepalive)
+        if self.gateway.config.gateway.log_connect:  # HAProxy's `option logasap`
+            self.gateway.log.info("connected", client=self.client, vserver=self.vserver.name,
+                                  kind=self.kind, to=self.domain, sni=self.sni,
+                                  farm=self.farm.name, real=real.name)  # type: ignore[union-attr]
         leg.transport.write(b"".join(self.buffer))  # type: ignore[union-attr]
         self.buffer = None
         if self.client_eof:

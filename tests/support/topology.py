@@ -1,0 +1,36 @@
+"""The session gateway: conf/demo.toml as shipped (so the demo's config is tested too), plus
+a vserver only the tests use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.harness.servers import Servers
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = ROOT / "conf" / "demo.toml"
+VIP = "127.0.1.1"
+S2S_VIP = VIP
+STRICT_PORT = 5322  # a c2s vserver with require_starttls
+
+TEST_ONLY = """
+[[vserver]]
+name = "STRICT"
+virtual = "{vip}:{port}"
+require_starttls = true
+serverfarm = "XMPP5222"
+
+[[serverfarm]]
+name = "XMPP5222"
+{reals}
+"""
+
+
+def gateway_config(servers: Servers) -> str:
+    """conf/demo.toml must describe the harness's servers: checked here, not assumed."""
+    text = DEMO_CONFIG.read_text()
+    for address in [*servers.ejabberd_addresses, servers.prosody_address]:
+        assert f'address = "{address}"' in text, f"conf/demo.toml lacks real {address}"
+    reals = "".join(f'[[serverfarm.real]]\naddress = "{a}:5222"\n'
+                    for a in servers.ejabberd_addresses)
+    return text + TEST_ONLY.format(vip=VIP, port=STRICT_PORT, reals=reals)
