@@ -81,6 +81,8 @@ class GatewayConfig:
     max_header_bytes: int = 4096
     max_hello_bytes: int = 16384
     connect_timeout: float = 1.0
+    hedge_delay: float = 0.2
+    response_timeout: float = 5.0
     log_format: str = "auto"
     log_connect: bool = False
     keepalive: Keepalive = field(default_factory=Keepalive)
@@ -101,6 +103,7 @@ class RealConfig:
     retry: float = 60.0
     inservice: bool = True
     maxconns: int | None = None
+    standby: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,9 @@ class ServerfarmConfig:
     nat: str = "server"
     predictor: str = "roundrobin"
     connect_timeout: float = 1.0
+    hedge_delay: float = 0.2
+    response_timeout: float = 5.0
+    slowstart: float = 30.0
     reals: tuple[RealConfig, ...] = ()
 
 
@@ -317,6 +323,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 (off) or more"
+
+
 def _at_least(low: int) -> Callable[[int], str | None]:
     return lambda value: None if value >= low else f"must be at least {low}"
 
@@ -415,6 +425,8 @@ def _gateway(s: _Section) -> GatewayConfig:
         max_header_bytes=s.get("max_header_bytes", int, d.max_header_bytes, _at_least(256)),
         max_hello_bytes=s.get("max_hello_bytes", int, d.max_hello_bytes, _at_least(512)),
         connect_timeout=s.get("connect_timeout", float, d.connect_timeout, _positive),
+        hedge_delay=s.get("hedge_delay", float, d.hedge_delay, _not_negative),
+        response_timeout=s.get("response_timeout", float, d.response_timeout, _not_negative),
         log_format=s.get("log_format", str, d.log_format, _one_of(LOG_FORMATS)),
         log_connect=s.get("log_connect", bool, d.log_connect),
         keepalive=keepalive,
@@ -436,6 +448,10 @@ def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
         nat=s.get("nat", str, "server", _one_of(("server",))),
         predictor=s.get("predictor", str, "roundrobin", _one_of(PREDICTORS)),
         connect_timeout=s.get("connect_timeout", float, gateway.connect_timeout, _positive),
+        hedge_delay=s.get("hedge_delay", float, gateway.hedge_delay, _not_negative),
+        response_timeout=s.get("response_timeout", float, gateway.response_timeout,
+                               _not_negative),
+        slowstart=s.get("slowstart", float, 30.0, _not_negative),
         reals=tuple(reals),
     )
     s.done()
@@ -461,6 +477,7 @@ def _real(s: _Section) -> RealConfig | None:
         retry=s.get("retry", float, 60.0, _positive),
         inservice=s.get("inservice", bool, True),
         maxconns=s.get("maxconns", int, None, _at_least(1)),
+        standby=s.get("standby", bool, False),
     )
     s.done()
     return real if real.address is not None else None

@@ -183,8 +183,9 @@ def test_kind_not_served_is_invalid_namespace(gateway: GatewayProcess, echo) -> 
 def test_remote_connection_failed_when_no_real_answers(gateway: GatewayProcess) -> None:
     reply = exchange(5224, header())
     assert stream_error(reply)[1] == "remote-connection-failed"
-    failures = gateway.records("real_connect_failed")
+    failures = gateway.records("real_attempt_failed")
     assert {r["real"] for r in failures} >= {"127.0.6.11", "127.0.6.12"}
+    assert {r["reason"] for r in failures} == {"Connection refused"}
 
 
 # --- direct TLS (XEP-0368) ---------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ class Gateway:
     def __init__(self, config: Config, log: Any) -> None:
         self.config = config
         self.log = log
-        now = time.monotonic()
+        now = asyncio.get_running_loop().time()  # the clock the sessions feed the engine
         self.farms = {f.name: Serverfarm(f, now) for f in config.serverfarms}
         self.vservers = [VserverRuntime(v) for v in config.vservers]
         self.sessions: set[ClientSession] = set()
@@ -56,6 +55,12 @@ class Gateway:
                               f"{vs.config.virtual}: {exc.strerror}") from None
             self.log.info("vserver_listening", vserver=vs.name, virtual=str(vs.config.virtual),
                           mode=vs.config.mode, serverfarm=vs.config.serverfarm)
+
+    def log_state_changes(self, farm: Serverfarm) -> None:
+        """Every state change of a real is logged once, by whoever drove the engine."""
+        for change in farm.drain_events():
+            self.log.warning("real_state", farm=change.farm, real=change.real,
+                             old=str(change.old), new=str(change.new), reason=change.reason)
 
     async def stop(self) -> None:
         """Stop accepting, then close every live connection (both legs)."""

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from xmppgw.net.sockopts import apply_keepalive
+from xmppgw.slb.plan import Abort, Action, Commit, Connect, ConnectPlan, GiveUp, Replay
 from xmppgw.wire import clienthello as tls
 from xmppgw.wire.errors import stream_error, stream_header
 from xmppgw.wire.stream import Opaque, ProtocolError, StartTLSTracker, StreamHeader
@@ -41,7 +42,6 @@ class ClientSession(asyncio.Protocol):
         "client",
         "client_eof",
         "client_lost",
-        "connect_task",
         "domain",
         "error",
         "farm",
@@ -49,9 +49,12 @@ class ClientSession(asyncio.Protocol):
         "header_timer",
         "hello",
         "kind",
+        "legs",
         "loop",
         "paused_for_connect",
         "phase",
+        "plan",
+        "plan_timer",
         "real",
         "sni",
         "started",
@@ -81,7 +84,9 @@ class ClientSession(asyncio.Protocol):
         else:
             self.hello = tls.ClientHelloReader(cfg.max_hello_bytes)
         self.header_timer: asyncio.TimerHandle | None = None
-        self.connect_task: asyncio.Task[None] | None = None
+        self.plan: ConnectPlan | None = None
+        self.plan_timer: asyncio.TimerHandle | None = None
+        self.legs: dict[int, UpstreamLeg] = {}  # attempts in flight, by attempt id
         self.kind: str | None = None
         self.domain: str | None = None
         self.farm: Serverfarm | None = None
@@ -231,74 +236,127 @@ class ClientSession(asyncio.Protocol):
             self.header_timer.cancel()
             self.header_timer = None
 
-    # --- connecting -----------------------------------------------------------------------
+    # --- connecting: the ConnectPlan decides, this layer carries out -----------------------
 
     def _start_connect(self, farm_name: str) -> None:
         self.phase = CONNECTING
         self.farm = self.gateway.farms[farm_name]
-        # Hold the client until a real is there: bytes still arrive into the buffer up to the
-        # kernel's window, not without bound.
+        # Hold the client until a real has answered: its buffered bytes may have to be
+        # replayed to another real, and nothing else arrives meanwhile (the kernel's window
+        # bounds it, not our memory).
         self.transport.pause_reading()  # type: ignore[union-attr]
         self.paused_for_connect = True
-        self.connect_task = self.loop.create_task(self._connect())
+        self.plan = ConnectPlan.for_farm(self.farm, self.client, self.loop.time())
+        self._carry_out(self.plan.start(self.loop.time()))
 
-    async def _connect(self) -> None:
-        """Try reals until one accepts; the client has seen nothing, so this is invisible."""
-        farm = self.farm
-        assert farm is not None
-        tried: set[Real] = set()
-        port = self.vserver.config.virtual.port
-        timeout = farm.config.connect_timeout
-        while True:
-            real = farm.pick(self.client, time.monotonic(), frozenset(tried))
-            if real is None:
-                self.fail_no_real(tried)
-                return
-            tried.add(real)
-            host, rport = real.endpoint(port)  # type: ignore[arg-type]
-            leg = UpstreamLeg(self)
-            try:
-                await asyncio.wait_for(
-                    self.loop.create_connection(lambda leg=leg: leg, host, rport), timeout)
-            except (TimeoutError, OSError) as exc:
-                reason = "timeout" if isinstance(exc, TimeoutError) else (
-                    exc.strerror or type(exc).__name__)
-                farm.failed(real, self.client, time.monotonic(), reason)
-                self.gateway.log.warning("real_connect_failed", farm=farm.name, real=real.name,
-                                         client=self.client, reason=reason)
-                continue
-            self._connected(real, leg)
-            return
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Connect):
+                self._dial(action.attempt_id, action.real)
+            elif isinstance(action, Replay):
+                leg = self.legs.get(action.attempt_id)
+                if leg is not None and self.buffer is not None:
+                    leg.transport.write(b"".join(self.buffer))  # type: ignore[union-attr]
+            elif isinstance(action, Commit):
+                self._commit(action.attempt_id, action.real)
+            elif isinstance(action, Abort):
+                self._abort_attempt(action.attempt_id)
+            elif isinstance(action, GiveUp):
+                self._give_up(action.reason)
+        if self.farm is not None:
+            self.gateway.log_state_changes(self.farm)
+        self._arm_plan_timer()
 
-    def _connected(self, real: Real, leg: UpstreamLeg) -> None:
-        self.connect_task = None
-        if self.phase is CLOSED:  # the client left while we connected
-            leg.transport.close()  # type: ignore[union-attr]
-            return
-        self.farm.connected(real, self.client, time.monotonic())  # type: ignore[union-attr]
+    def _dial(self, attempt_id: int, real: Real) -> None:
+        host, port = real.endpoint(self.vserver.config.virtual.port)  # type: ignore[arg-type]
+        leg = UpstreamLeg(self, attempt_id, real)
+        self.legs[attempt_id] = leg
+        leg.task = self.loop.create_task(self._open(leg, host, port))
+
+    async def _open(self, leg: UpstreamLeg, host: str, port: int) -> None:
+        try:
+            await self.loop.create_connection(lambda: leg, host, port)
+        except OSError as exc:
+            self.attempt_failed(leg, exc.strerror or type(exc).__name__)
+
+    def _commit(self, attempt_id: int, real: Real) -> None:
+        """The real answered: it owns the connection; relay what it sent, wake the client."""
+        leg = self.legs.pop(attempt_id)
+        for other in self.legs.values():
+            other.abort()
+        self.legs.clear()
         self.real = real
         self.upstream = leg
         self.phase = RELAYING
+        self.buffer = None
         apply_keepalive(leg.transport.get_extra_info("socket"),  # type: ignore[union-attr]
                         self.gateway.config.gateway.keepalive)
         if self.gateway.config.gateway.log_connect:  # HAProxy's `option logasap`
             self.gateway.log.info("connected", client=self.client, vserver=self.vserver.name,
                                   kind=self.kind, to=self.domain, sni=self.sni,
                                   farm=self.farm.name, real=real.name)  # type: ignore[union-attr]
-        leg.transport.write(b"".join(self.buffer))  # type: ignore[union-attr]
-        self.buffer = None
+        early, leg.early = leg.early, []
+        for data in early:
+            self.from_server(data)
         if self.client_eof:
             self._half_close(leg.transport)  # type: ignore[arg-type]
         elif self.paused_for_connect:
             self.paused_for_connect = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
-    def fail_no_real(self, tried: set[Real]) -> None:
-        what = "every real failed" if tried else "no real in service"
-        if self.tracker is not None or self.vserver.config.mode == "starttls":
-            self.fail("remote-connection-failed", f"{what} in serverfarm {self.farm.name}")  # type: ignore[union-attr]
+    def _abort_attempt(self, attempt_id: int) -> None:
+        leg = self.legs.pop(attempt_id, None)
+        if leg is None:
+            return
+        leg.abort()
+        attempt = self.plan.attempt(attempt_id)  # type: ignore[union-attr]
+        if attempt.reason is not None:  # a verdict, not a mere cancel: worth a line
+            self._log_attempt_failure(leg.real, attempt.reason)
+
+    def _give_up(self, reason: str) -> None:
+        text = f"{reason} in serverfarm {self.farm.name}"  # type: ignore[union-attr]
+        if self.vserver.config.mode == "starttls":
+            self.fail("remote-connection-failed", text)
         else:
-            self.fail_tls(tls.INTERNAL_ERROR, f"{what} in serverfarm {self.farm.name}")  # type: ignore[union-attr]
+            self.fail_tls(tls.INTERNAL_ERROR, text)
+
+    def _arm_plan_timer(self) -> None:
+        if self.plan_timer is not None:
+            self.plan_timer.cancel()
+            self.plan_timer = None
+        plan = self.plan
+        if plan is not None and not plan.done and plan.deadline is not None:
+            self.plan_timer = self.loop.call_at(plan.deadline, self._plan_timer_fired)
+
+    def _plan_timer_fired(self) -> None:
+        self.plan_timer = None
+        if self.plan is not None and not self.plan.done:
+            self._carry_out(self.plan.on_timer(self.loop.time()))
+
+    def _log_attempt_failure(self, real: Real, reason: str) -> None:
+        self.gateway.log.warning("real_attempt_failed", farm=self.farm.name,  # type: ignore[union-attr]
+                                 real=real.name, client=self.client, reason=reason)
+
+    # --- attempt callbacks (an UpstreamLeg before it is committed) ------------------------------
+
+    def attempt_connected(self, leg: UpstreamLeg) -> None:
+        if self.legs.get(leg.attempt_id) is not leg or self.plan is None:
+            leg.abort()  # a late handshake for an attempt already given up
+            return
+        self._carry_out(self.plan.on_connected(leg.attempt_id, self.loop.time()))
+
+    def attempt_data(self, leg: UpstreamLeg, data: bytes) -> None:
+        if self.legs.get(leg.attempt_id) is not leg or self.plan is None:
+            return
+        leg.early.append(data)
+        self._carry_out(self.plan.on_response(leg.attempt_id, self.loop.time()))
+
+    def attempt_failed(self, leg: UpstreamLeg, reason: str) -> None:
+        if self.legs.pop(leg.attempt_id, None) is not leg or self.plan is None:
+            return
+        leg.abort()
+        self._log_attempt_failure(leg.real, reason)
+        self._carry_out(self.plan.on_failed(leg.attempt_id, self.loop.time(), reason))
 
     # --- upstream leg callbacks -------------------------------------------------------------
 
@@ -316,8 +374,8 @@ class ClientSession(asyncio.Protocol):
         return True
 
     def server_lost(self) -> None:
-        if self.real is not None and self.farm is not None:
-            self.farm.closed(self.real, time.monotonic())
+        if self.plan is not None:
+            self.plan.on_closed(self.loop.time())
         self.upstream = None
         if self.phase is not CLOSED:
             self.close()
@@ -369,9 +427,14 @@ class ClientSession(asyncio.Protocol):
             return
         self.phase = CLOSED
         self._cancel_header_timer()
-        if self.connect_task is not None:
-            self.connect_task.cancel()
-            self.connect_task = None
+        if self.plan is not None and not self.plan.done:
+            self.plan.cancel(self.loop.time())  # the client left first: no verdict on reals
+        if self.plan_timer is not None:
+            self.plan_timer.cancel()
+            self.plan_timer = None
+        for leg in self.legs.values():
+            leg.abort()
+        self.legs.clear()
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None and self.upstream.transport is not None:
@@ -411,26 +474,40 @@ class ClientSession(asyncio.Protocol):
 
 
 class UpstreamLeg(asyncio.Protocol):
-    """The gateway's connection to a real; everything is handed to the session."""
+    """One connection to a real: an attempt until the plan commits it, then the relay's
+    upstream leg. Everything is handed to the session."""
 
-    __slots__ = ("session", "transport")
+    __slots__ = ("attempt_id", "early", "real", "session", "task", "transport")
 
-    def __init__(self, session: ClientSession) -> None:
+    def __init__(self, session: ClientSession, attempt_id: int, real: Real) -> None:
         self.session = session
+        self.attempt_id = attempt_id
+        self.real = real
         self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.early: list[bytes] = []  # the real's first bytes, held until the commit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.session.attempt_connected(self)
 
     def data_received(self, data: bytes) -> None:
-        self.session.from_server(data)
+        if self.session.upstream is self:
+            self.session.from_server(data)
+        else:
+            self.session.attempt_data(self, data)
 
     def eof_received(self) -> bool:
-        return self.session.server_eof()
+        if self.session.upstream is self:
+            return self.session.server_eof()
+        self.session.attempt_failed(self, "closed before answering")
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session.upstream is self:
             self.session.server_lost()
+        else:
+            self.session.attempt_failed(self, "reset" if exc else "closed before answering")
 
     def pause_writing(self) -> None:
         if self.session.transport is not None:
@@ -439,6 +516,13 @@ class UpstreamLeg(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.session.transport is not None and not self.session.paused_for_connect:
             self.session.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop this attempt: stop dialling, or reset the connection (nothing to flush)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
 
 
 def _format_peer(peer: Any) -> str:

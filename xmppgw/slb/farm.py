@@ -1,19 +1,47 @@
 """The balancing engine: serverfarms of reals, pure, with the clock passed in.
 
-The asyncio layer asks `farm.pick(client, now, tried)` for a real and reports each outcome
-(`connected`, `failed`, `closed`); the engine alone changes states and counters. No sockets
-and no sleeps here, so failure timelines are tested on a fake clock.
+The asyncio layer asks `farm.pick(client, now, tried)` for a real and reports each attempt's
+outcome; the engine alone changes states and counters. No sockets, no sleeps, no clock and no
+logging here: every call takes `now`, and every state change is recorded as a `StateChange`
+that the I/O layer collects with `drain_events()` and logs. So failure timelines are tested on
+a fake clock, and two gateways fed the same events decide the same way.
 
-This first version picks round-robin among reals in service and keeps the counters;
-predictors, faildetect, retry and slow start (Cisco IOS SLB semantics) build on this seam.
+The rules follow Cisco IOS SLB, whose words the config uses (weight, reassign, faildetect,
+retry, inservice, maxconns). Sources quoted below:
+
+[SLB-FC] Cisco IOS IP Configuration Guide 12.2, "Configuring Server Load Balancing",
+    "IOS SLB Functions and Capabilities" (78-11741-02, p. IPC-137): TCP Session Reassignment,
+    Automatic Server Failure Detection, Automatic Unfail.
+    http://phone.manualsonline.com/manuals/mfg/cisco_systems/781174102.html?p=183
+[SLB-VF] Same guide, "Verifying Server Failure Detection" (p. IPC-149): numclients tuning,
+    slow start for weighted least connections.
+    http://phone.manualsonline.com/manuals/mfg/cisco_systems/781174102.html?p=195
+[SLB-12.1E] IOS Server Load Balancing 12.1(1)E feature guide: Maximum Connections, Slow
+    Start, and the faildetect / reassign / retry / maxconns command reference.
+    http://www.cisco.com/en/US/docs/ios/12_1/12_1e1/feature/guide/iosslb1.html
+[SLB-MIB] CISCO-SLB-EXT-MIB cslbxServerFarmSlowStart (.1.3.6.1.4.1.9.9.254.1.2.1.1.9).
+
+The contract with the caller: every real `pick` returns is one attempt in flight (it counts
+towards the real's load at once, so a burst of logins cannot all land on the same "least
+loaded" real before any handshake completes), and each attempt ends with exactly one of
+`connected` (the real answered: it now owns a connection, later ended by `closed`), `failed`
+(it counts against the real) or `abandoned` (the client left first: no verdict on the real).
+`xmppgw.slb.plan.ConnectPlan` keeps that contract for one client connection.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from xmppgw.config import RealConfig, ServerfarmConfig
+from xmppgw.slb.predictors import Predictor, make_predictor
+
+HISTORY_LIMIT = 64  # state changes kept per real for `show`; older ones are in the log
+EVENTS_LIMIT = 4096  # undrained changes kept per farm: a missed drain cannot grow memory
+SLOWSTART_FLOOR = 0.05  # a returning real starts at 5% of its weight, never at zero
 
 
 class RealState(StrEnum):
@@ -27,30 +55,93 @@ class RealState(StrEnum):
     PROBE_FAILED = "PROBE_FAILED"
 
 
-@dataclass(slots=True, eq=False)
+# States from which a return to OPERATIONAL starts the slow-start ramp.
+NOT_SERVING = frozenset(
+    {RealState.FAILED, RealState.TESTING, RealState.OUTOFSERVICE, RealState.PROBE_FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One state change of one real, for the log and for `show ... detail` history."""
+
+    time: float
+    farm: str
+    real: str
+    old: RealState
+    new: RealState
+    reason: str
+
+
+def client_ip(client: str) -> str:
+    """The IP part of "1.2.3.4:5678" or "[::1]:5000"; hashing and faildetect ignore the port.
+
+    The port changes on every reconnect, the address does not: sourcehash must send a
+    resuming client (XEP-0198) back to the same real, and faildetect counts clients, not
+    connections.
+    """
+    host = client
+    if client.startswith("["):
+        host = client[1:].partition("]")[0]
+    elif client.count(":") == 1:
+        host = client.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)  # a dual-stack listener's ::ffff:1.2.3.4 is the client 1.2.3.4
+
+
+@dataclass(slots=True, eq=False, repr=False)
 class Real:
-    """One backend server of a farm, with its live counters."""
+    """One backend server of a farm: its config, its administrative flags, live counters.
+
+    `state` is the last *recorded* state; `Serverfarm.state(real, now)` is the one to show,
+    since TESTING (retry elapsed) and MAXCONNS are computed from the clock and the load.
+    """
 
     config: RealConfig
+    standby: bool = False
+    inservice: bool = True
+    probe_failed: bool = False
     state: RealState = RealState.OPERATIONAL
-    active: int = 0
-    total: int = 0
+    active: int = 0  # connections the real owns now
+    pending: int = 0  # attempts picked and not yet ended
+    total: int = 0  # successful connections since start
     failed_attempts: int = 0
+    reassigns: int = 0  # client connections moved away from this real after a failed attempt
+    consecutive_failures: int = 0
+    failed_clients: set[str] = field(default_factory=set)
+    retry_at: float | None = None  # set while FAILED: when it becomes TESTING
+    ramp_start: float | None = None  # slow start began here
+    drain_deadline: float | None = None
     last_change: float = 0.0
-    history: list[tuple[float, RealState, str]] = field(default_factory=list)
+    history: deque[StateChange] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
 
     @property
     def name(self) -> str:
         return str(self.config.address)
 
+    @property
+    def weight(self) -> int:
+        return self.config.weight
+
+    @property
+    def load(self) -> int:
+        """What leastconns and maxconns count: owned connections plus attempts in flight."""
+        return self.active + self.pending
+
     def endpoint(self, vserver_port: int) -> tuple[str, int]:
         return self.config.address.with_port(vserver_port)
 
-    def set_state(self, state: RealState, now: float, reason: str) -> None:
-        if state is not self.state:
-            self.state = state
-            self.last_change = now
-            self.history.append((now, state, reason))
+    def __repr__(self) -> str:  # short, for logs and test failures
+        return f"<Real {self.name} {self.state} active={self.active} pending={self.pending}>"
+
+    def has_room(self) -> bool:
+        """Below `maxconns` (IOS "Maximum Connections" [SLB-12.1E]): at the limit the real is
+        skipped and shown MAXCONNS until one of its connections ends."""
+        limit = self.config.maxconns
+        return limit is None or self.load < limit
 
 
 class Serverfarm:
@@ -58,43 +149,251 @@ class Serverfarm:
 
     def __init__(self, config: ServerfarmConfig, now: float = 0.0) -> None:
         self.config = config
-        self.reals = [
-            Real(r, RealState.OPERATIONAL if r.inservice else RealState.OUTOFSERVICE,
-                 last_change=now)
-            for r in config.reals
-        ]
-        self._next = 0
+        self.reals = [self._new_real(r, now) for r in config.reals]
+        self.predictor: Predictor = make_predictor(config.predictor, self.effective_weight)
+        self._events: deque[StateChange] = deque(maxlen=EVENTS_LIMIT)
+
+    def _new_real(self, config: RealConfig, now: float) -> Real:
+        """At gateway start a real is simply in service or not: no slow start yet."""
+        state = RealState.OPERATIONAL if config.inservice else RealState.OUTOFSERVICE
+        return Real(config, standby=config.standby, inservice=config.inservice, state=state,
+                    last_change=now)
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def available(self, real: Real) -> bool:
-        if real.state is not RealState.OPERATIONAL:
-            return False
-        limit = real.config.maxconns
-        return limit is None or real.active < limit
+    @property
+    def total_active(self) -> int:
+        return sum(r.active for r in self.reals)
+
+    def find(self, name: str) -> Real | None:
+        """The real whose address reads `name` (as in `show` and the control commands)."""
+        return next((r for r in self.reals if r.name == name), None)
+
+    # --- choosing a real ---------------------------------------------------------------
 
     def pick(self, client: str, now: float, tried: frozenset[Real] = frozenset()) -> Real | None:
-        """The next real for a new connection from `client`, or None if none can take it.
+        """The real for a new attempt of `client`'s connection, or None if none can take it.
 
-        `tried` holds reals this connection already failed on, so a reassign never returns
-        to them.
+        `tried` holds reals this client connection already used, so a reassign never returns
+        to them. Standby reals are considered only when no other real can take it. A real whose
+        retry has elapsed (TESTING) and has no attempt in flight gets this connection as its
+        test (IOS "Automatic Unfail" [SLB-FC]: "IOS SLB sends the server the next connection for
+        which it qualifies"); with sourcehash it qualifies only if the client hashes to it, so
+        stickiness holds. The returned real counts this attempt in its load at once.
         """
-        n = len(self.reals)
-        for offset in range(n):
-            real = self.reals[(self._next + offset) % n]
-            if real not in tried and self.available(real):
-                self._next = (self._next + offset + 1) % n
+        self.refresh(now)
+        ip = client_ip(client)
+        for standby in (False, True):
+            group = [r for r in self.reals if r.standby is standby and r not in tried]
+            real = self._choose(group, ip, now)
+            if real is not None:
+                real.pending += 1
                 return real
         return None
 
+    def _choose(self, group: list[Real], ip: str, now: float) -> Real | None:
+        ready = [r for r in group if r.state is RealState.OPERATIONAL and r.has_room()]
+        testing = [r for r in group
+                   if r.state is RealState.TESTING and r.pending == 0 and r.has_room()]
+        if testing and not self.predictor.sticky:
+            return min(testing, key=lambda r: r.retry_at or 0.0)
+        pool = ready + testing if self.predictor.sticky else ready
+        return self.predictor.choose(pool, ip, now) if pool else None
+
+    def effective_weight(self, real: Real, now: float) -> float:
+        """The weight predictors use: the configured weight, ramped during slow start.
+
+        IOS [SLB-VF], [SLB-MIB]: "a real server that is placed in service initially has no
+        connections, and could therefore be assigned so many new connections that it becomes
+        overloaded"; the slow start feature limits that. Here the weight grows linearly from
+        SLOWSTART_FLOOR to the full weight over `slowstart` seconds (HAProxy's `slowstart`
+        does the same), which throttles leastconns and roundrobin alike; with sourcehash the
+        returning real takes its clients back gradually.
+        """
+        slowstart = self.config.slowstart
+        if real.ramp_start is None or slowstart <= 0:
+            return real.weight
+        fraction = (now - real.ramp_start) / slowstart
+        if fraction >= 1.0:
+            return real.weight
+        return real.weight * max(SLOWSTART_FLOOR, fraction)
+
+    # --- outcomes of attempts ------------------------------------------------------------
+
     def connected(self, real: Real, client: str, now: float) -> None:
+        """The attempt succeeded: the real owns a connection now (ended later by `closed`).
+
+        A success clears faildetect's counts; on a TESTING real it is the successful test
+        connection, and the real is OPERATIONAL again (with slow start).
+        """
+        self._sync(real, now)
+        real.pending = max(0, real.pending - 1)
         real.active += 1
         real.total += 1
+        if real.retry_at is not None and now >= real.retry_at:
+            real.retry_at = None
+            self._sync(real, now, "test connection succeeded")
+        if real.retry_at is None:
+            real.consecutive_failures = 0
+            real.failed_clients.clear()
 
     def failed(self, real: Real, client: str, now: float, reason: str) -> None:
+        """An attempt failed (refused, timeout, no response, hedged: no answer...).
+
+        faildetect [SLB-FC] "Automatic Server Failure Detection": "IOS SLB automatically
+        detects each failed TCP connection attempt to a real server, and increments a failure
+        counter for that server. (The failure counter is not incremented if a failed TCP
+        connection from the same client has already been counted.)" Mapped as:
+
+        - `numconns N`: FAILED at the Nth consecutive failed attempt (every attempt counts,
+          so one client retrying against a dead real fails it too);
+        - `numclients M`: FAILED once failed attempts came from M distinct client IPs (a
+          client failing again is counted once);
+        - whichever comes first; a success resets both counts.
+
+        A failure while TESTING is the failed test: FAILED again for another `retry`. A
+        failure while already FAILED (an attempt started before) is only counted.
+        """
+        self._sync(real, now)
+        real.pending = max(0, real.pending - 1)
         real.failed_attempts += 1
+        if real.retry_at is not None:
+            if now >= real.retry_at:
+                self._fail(real, now, f"test connection failed: {reason}")
+            return
+        real.consecutive_failures += 1
+        real.failed_clients.add(client_ip(client))
+        numconns, numclients = real.config.faildetect.numconns, real.config.faildetect.numclients
+        if real.consecutive_failures >= numconns:
+            self._fail(real, now, f"faildetect numconns {numconns}: {real.consecutive_failures}"
+                       f" consecutive failed attempts, last: {reason}")
+        elif len(real.failed_clients) >= numclients:
+            self._fail(real, now, f"faildetect numclients {numclients}: failed attempts from"
+                       f" {len(real.failed_clients)} clients, last: {reason}")
+
+    def abandoned(self, real: Real, now: float) -> None:
+        """The attempt ended without a verdict (the client left, or a hedge won first)."""
+        real.pending = max(0, real.pending - 1)
 
     def closed(self, real: Real, now: float) -> None:
-        real.active -= 1
+        """A connection the real owned has ended."""
+        real.active = max(0, real.active - 1)
+
+    def reassigned(self, real: Real, now: float) -> None:
+        """A client connection moved on to another real after an attempt failed on this one."""
+        real.reassigns += 1
+
+    def _fail(self, real: Real, now: float, reason: str) -> StateChange | None:
+        """Out of the picks for `retry` seconds.
+
+        IOS "Automatic Unfail" [SLB-FC]: a failed real "is assigned no new connections for a
+        length of time specified by a configurable retry timer. After that timer expires, the
+        server is again eligible for new virtual server connections and IOS SLB sends the
+        server the next connection for which it qualifies. If the connection is successful,
+        the failed server is placed back on the list of active real servers." TESTING is that
+        eligible-again state, computed from `now` (see `_base_state`).
+        """
+        real.retry_at = now + real.config.retry
+        real.consecutive_failures = 0
+        real.failed_clients.clear()
+        return self._sync(real, now, reason)
+
+    # --- operator and probes ---------------------------------------------------------------
+
+    def set_inservice(self, real: Real, inservice: bool, now: float,
+                      drain_timeout: float | None = None) -> StateChange | None:
+        """`inservice` / `no inservice` at run time.
+
+        Out of service: no new connections, the existing ones stay (the seed's advice: take a
+        node out "day before" rather than pulling its cable). With `drain_timeout` the engine
+        notes a deadline after which `reals_to_drain` names the real so the I/O layer closes
+        what is left. Back in service: a passive failure is forgotten (the operator vouches
+        for the real) and slow start begins.
+        """
+        self._sync(real, now)
+        if inservice:
+            if not real.inservice:
+                real.inservice = True
+                real.retry_at = None
+                real.consecutive_failures = 0
+                real.failed_clients.clear()
+            real.drain_deadline = None
+            return self._sync(real, now, "inservice")
+        real.inservice = False
+        real.drain_deadline = None if drain_timeout is None else now + drain_timeout
+        drain = "" if drain_timeout is None else f" (drain {drain_timeout:g} s)"
+        return self._sync(real, now, f"no inservice{drain}")
+
+    def probe_result(self, real: Real, ok: bool, now: float) -> StateChange | None:
+        """An active probe's verdict (rise/fall already counted by the probe module).
+
+        Only flips PROBE_FAILED; a passive failure (FAILED/retry) is independent of it.
+        """
+        self._sync(real, now)
+        real.probe_failed = not ok
+        return self._sync(real, now, "probe succeeded" if ok else "probe failed")
+
+    def reals_to_drain(self, now: float) -> list[Real]:
+        """Out-of-service reals whose drain deadline passed and that still own connections.
+
+        The I/O layer closes those connections; the same real is named on every call until
+        they are gone, so closing twice must be harmless (it is: sessions close idempotently).
+        """
+        return [r for r in self.reals
+                if not r.inservice and r.drain_deadline is not None
+                and now >= r.drain_deadline and r.active > 0]
+
+    # --- states ---------------------------------------------------------------------------
+
+    def state(self, real: Real, now: float) -> RealState:
+        """The state to show now: TESTING once retry elapsed, MAXCONNS while at the limit."""
+        self._sync(real, now)
+        if real.state is RealState.OPERATIONAL and not real.has_room():
+            return RealState.MAXCONNS
+        return real.state
+
+    def refresh(self, now: float) -> list[StateChange]:
+        """Record changes due to the clock alone (FAILED -> TESTING), for timely logs."""
+        return [c for c in (self._sync(r, now) for r in self.reals) if c is not None]
+
+    def drain_events(self) -> list[StateChange]:
+        """The state changes since the last call, oldest first, for the I/O layer to log."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def _base_state(self, real: Real, now: float) -> RealState:
+        """Administrative state first, then probes, then passive failure detection."""
+        if not real.inservice:
+            return RealState.OUTOFSERVICE
+        if real.probe_failed:
+            return RealState.PROBE_FAILED
+        if real.retry_at is not None:
+            return RealState.FAILED if now < real.retry_at else RealState.TESTING
+        return RealState.OPERATIONAL
+
+    def _sync(self, real: Real, now: float, reason: str | None = None) -> StateChange | None:
+        """Record the real's state if it changed; start slow start on a return to service.
+
+        MAXCONNS is not recorded: it would flap with every open and close at the limit.
+        """
+        new = self._base_state(real, now)
+        old = real.state
+        if new is old:
+            return None
+        at = now
+        if new is RealState.TESTING and real.retry_at is not None:
+            at = max(real.retry_at, real.last_change)  # it became TESTING when retry elapsed
+            reason = reason or f"retry {real.config.retry:g} s elapsed: next connection tests it"
+        if new is RealState.OPERATIONAL and old in NOT_SERVING:
+            real.ramp_start = at
+        elif new in NOT_SERVING:
+            real.ramp_start = None
+        real.state = new
+        real.last_change = at
+        change = StateChange(at, self.name, real.name, old, new, reason or str(new).lower())
+        real.history.append(change)
+        self._events.append(change)
+        return change

@@ -1,0 +1,330 @@
+"""ConnectPlan: one client connection's attempts as timelines on a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xmppgw.config import Address, Faildetect, RealConfig, ServerfarmConfig
+from xmppgw.slb.farm import Real, RealState, Serverfarm
+from xmppgw.slb.plan import (
+    EVERY_REAL_FAILED,
+    HEDGE_LOST,
+    NO_REAL,
+    Abort,
+    Action,
+    Commit,
+    Connect,
+    ConnectPlan,
+    GiveUp,
+    Phase,
+    Replay,
+)
+
+CLIENT = "198.51.100.7:40000"
+
+
+class CountingFarm(Serverfarm):
+    """Counts outcome reports, to check each attempt gets exactly one."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.outcomes = 0
+
+    def connected(self, real: Real, client: str, now: float) -> None:
+        self.outcomes += 1
+        super().connected(real, client, now)
+
+    def failed(self, real: Real, client: str, now: float, reason: str) -> None:
+        self.outcomes += 1
+        super().failed(real, client, now, reason)
+
+    def abandoned(self, real: Real, now: float) -> None:
+        self.outcomes += 1
+        super().abandoned(real, now)
+
+
+def make_farm(n: int = 3, predictor: str = "roundrobin", **real: Any) -> CountingFarm:
+    real.setdefault("faildetect", Faildetect(numconns=100, numclients=100))
+    reals = tuple(RealConfig(Address(f"10.0.0.{i + 1}", None), **real) for i in range(n))
+    cfg = ServerfarmConfig("F", predictor=predictor, connect_timeout=1.0, hedge_delay=0.2,
+                           response_timeout=5.0, slowstart=0, reals=reals)
+    return CountingFarm(cfg, 0.0)
+
+
+def plan_for(farm: Serverfarm, hedge_delay: float | None = 0.2) -> ConnectPlan:
+    return ConnectPlan(farm, CLIENT, 0.0, connect_timeout=1.0, hedge_delay=hedge_delay,
+                       response_timeout=5.0)
+
+
+def connects(actions: list[Action]) -> list[Real]:
+    return [a.real for a in actions if isinstance(a, Connect)]
+
+
+def settled(farm: Serverfarm) -> bool:
+    return all(r.pending == 0 for r in farm.reals)
+
+
+# --- timelines ---------------------------------------------------------------------------------
+
+
+def test_response_from_the_first_real_commits_and_nothing_follows() -> None:
+    farm = make_farm()
+    a = farm.reals[0]
+    plan = plan_for(farm)
+    assert plan.start(0.0) == [Connect(1, a)]
+    assert plan.deadline == 0.2  # the hedge timer
+    assert plan.on_connected(1, 0.01) == [Replay(1)]
+    assert plan.deadline == 5.01  # response_timeout, no more hedging
+    assert plan.on_response(1, 0.02) == [Commit(1, a)]
+    assert plan.done and plan.real is a and plan.deadline is None
+    assert plan.on_timer(100.0) == []
+    assert plan.on_failed(1, 100.0, "reset") == []
+    assert (a.active, a.total, a.pending, a.failed_attempts) == (1, 1, 0, 0)
+    plan.on_closed(200.0)
+    plan.on_closed(200.0)  # once only
+    assert a.active == 0
+
+
+def test_refused_reassigns_at_once() -> None:
+    farm = make_farm()
+    a, b, _ = farm.reals
+    plan = plan_for(farm)
+    plan.start(0.0)
+    assert plan.on_failed(1, 0.003, "refused") == [Connect(2, b)]
+    assert (a.failed_attempts, a.reassigns, a.pending) == (1, 1, 0)
+    assert plan.on_connected(2, 0.004) == [Replay(2)]
+    assert plan.on_response(2, 0.005) == [Commit(2, b)]
+
+
+def test_black_holed_first_real_is_hedged_and_counted_failed() -> None:
+    farm = make_farm()
+    a, b, _ = farm.reals
+    plan = plan_for(farm)
+    plan.start(0.0)
+    assert plan.on_timer(0.1) == []  # early timer: nothing due
+    assert plan.on_timer(0.2) == [Connect(2, b)]
+    assert plan.on_connected(2, 0.21) == [Abort(1), Replay(2)]
+    assert plan.on_response(2, 0.22) == [Commit(2, b)]
+    assert (a.failed_attempts, a.reassigns, a.pending, a.active) == (1, 1, 0, 0)
+    assert (b.failed_attempts, b.active, b.total) == (0, 1, 1)
+    assert plan.attempt(1).reason == HEDGE_LOST
+    assert plan.on_connected(1, 0.3) == []  # a late handshake of the aborted attempt
+
+
+def test_a_refused_hedge_is_replaced_at_once() -> None:
+    """a black-holed, its hedge b refuses: c starts at once, not at a's connect_timeout."""
+    farm = make_farm(n=4)
+    a, b, c, _ = farm.reals
+    plan = plan_for(farm)
+    plan.start(0.0)
+    assert plan.on_timer(0.2) == [Connect(2, b)]
+    assert plan.on_failed(2, 0.21, "refused") == [Connect(3, c)]
+    assert (b.failed_attempts, b.reassigns, a.failed_attempts) == (1, 1, 0)
+    assert plan.deadline == pytest.approx(0.41)
+    assert plan.on_connected(3, 0.22) == [Abort(1), Replay(3)]
+    assert (a.failed_attempts, a.reassigns) == (1, 1)
+
+
+def test_a_refused_first_attempt_beside_a_young_hedge_waits_for_the_hedge_timer() -> None:
+    farm = make_farm(n=4)
+    plan = plan_for(farm)
+    plan.start(0.0)
+    plan.on_timer(0.2)
+    assert plan.on_failed(1, 0.3, "refused") == []  # b, started at 0.2, is not overdue yet
+    assert plan.deadline == 0.4
+
+
+def test_a_hedge_that_loses_the_race_young_is_not_blamed() -> None:
+    """a answers at 0.25, just after b was started at 0.2: b is abandoned, not failed."""
+    farm = make_farm()
+    a, b, _ = farm.reals
+    plan = plan_for(farm)
+    plan.start(0.0)
+    plan.on_timer(0.2)
+    assert plan.on_connected(1, 0.25) == [Abort(2), Replay(1)]
+    assert (b.failed_attempts, b.pending, b.reassigns) == (0, 0, 0)
+    assert a.failed_attempts == 0
+
+
+def test_both_black_holed_gives_up_after_the_budget() -> None:
+    farm = make_farm(n=2)
+    a, b = farm.reals
+    plan = plan_for(farm)
+    plan.start(0.0)
+    assert plan.on_timer(0.2) == [Connect(2, b)]
+    assert plan.deadline == 0.4
+    assert plan.on_timer(0.4) == []  # no third real to hedge to
+    assert plan.deadline == 1.0
+    assert plan.on_timer(1.0) == [Abort(1)]  # a's connect_timeout; b still under way
+    assert plan.deadline == 1.2
+    assert plan.on_timer(1.2) == [Abort(2), GiveUp(EVERY_REAL_FAILED)]
+    assert plan.done and plan.deadline is None
+    assert (a.failed_attempts, b.failed_attempts) == (1, 1)
+    assert (a.reassigns, b.reassigns) == (1, 0)
+    assert settled(farm)
+
+
+def test_a_late_timer_handles_everything_due_in_order() -> None:
+    farm = make_farm(n=2)
+    plan = plan_for(farm)
+    plan.start(0.0)
+    # the hedge (due 0.2) first, then a's timeout (due 1.0); b's clock starts now
+    assert plan.on_timer(5.0) == [Connect(2, farm.reals[1]), Abort(1)]
+    assert plan.deadline == 5.2
+
+
+def test_accepted_but_silent_real_times_out_and_the_bytes_go_elsewhere() -> None:
+    farm = make_farm()
+    a, b, _ = farm.reals
+    plan = plan_for(farm)
+    plan.start(0.0)
+    assert plan.on_connected(1, 0.01) == [Replay(1)]
+    assert plan.on_timer(5.0) == []
+    assert plan.on_timer(5.01) == [Abort(1), Connect(2, b)]
+    assert plan.attempt(1).reason == "no response"
+    assert (a.failed_attempts, a.active, a.total, a.reassigns) == (1, 0, 0, 1)
+    assert plan.on_connected(2, 5.02) == [Replay(2)]  # the replay goes to b
+    assert plan.on_response(2, 5.03) == [Commit(2, b)]
+
+
+def test_closed_before_response_reassigns() -> None:
+    farm = make_farm()
+    plan = plan_for(farm)
+    plan.start(0.0)
+    plan.on_connected(1, 0.01)
+    assert connects(plan.on_failed(1, 0.02, "closed before response")) == [farm.reals[1]]
+
+
+def test_reassign_limit_of_the_failing_real() -> None:
+    """reassign 2: the connection is reassigned twice, then given up (3 reals tried of 5)."""
+    farm = make_farm(n=5, reassign=2)
+    plan = plan_for(farm, hedge_delay=None)
+    plan.start(0.0)
+    assert len(connects(plan.on_failed(1, 0.1, "refused"))) == 1
+    assert len(connects(plan.on_failed(2, 0.2, "refused"))) == 1
+    [give_up] = plan.on_failed(3, 0.3, "refused")
+    assert isinstance(give_up, GiveUp) and "reassign 2" in give_up.reason
+    assert [r.reassigns for r in farm.reals] == [1, 1, 0, 0, 0]
+    assert [r.failed_attempts for r in farm.reals] == [1, 1, 1, 0, 0]
+
+
+def test_seed_reassign_4_tries_every_in_service_real() -> None:
+    """The seed: 3 reals in service, reassign 4: all three are tried, the spare never."""
+    farm = make_farm(n=4, reassign=4)
+    farm.set_inservice(farm.reals[3], False, 0.0)
+    plan = plan_for(farm, hedge_delay=None)
+    tried = connects(plan.start(0.0))
+    tried += connects(plan.on_failed(1, 0.1, "refused"))
+    tried += connects(plan.on_failed(2, 0.2, "refused"))
+    assert plan.on_failed(3, 0.3, "refused") == [GiveUp(EVERY_REAL_FAILED)]
+    assert tried == farm.reals[:3]
+
+
+def test_no_real_in_service() -> None:
+    farm = make_farm(n=1, inservice=False)
+    plan = plan_for(farm)
+    assert plan.start(0.0) == [GiveUp(NO_REAL)]
+    assert plan.done and plan.deadline is None
+
+
+def test_cancel_abandons_every_attempt_without_blaming_reals() -> None:
+    farm = make_farm()
+    plan = plan_for(farm)
+    plan.start(0.0)
+    plan.on_timer(0.2)
+    assert plan.cancel(0.3) == [Abort(1), Abort(2)]
+    assert settled(farm) and all(r.failed_attempts == 0 for r in farm.reals)
+    assert plan.on_timer(10.0) == [] and plan.deadline is None
+
+
+def test_hedging_disabled_waits_for_connect_timeout() -> None:
+    farm = make_farm()
+    plan = plan_for(farm, hedge_delay=None)
+    plan.start(0.0)
+    assert plan.deadline == 1.0
+    assert plan.on_timer(1.0) == [Abort(1), Connect(2, farm.reals[1])]
+
+
+def run(plan: ConnectPlan, now: float, dead: set[Real]) -> float:
+    """Drive a plan to its end: reals in `dead` never answer, the others answer at once."""
+    actions = plan.start(now)
+    while not plan.done:
+        live = [a for a in plan.attempts if a.phase is Phase.CONNECTING and a.real not in dead]
+        if live:
+            now += 0.001
+            plan.on_connected(live[0].id, now)
+            plan.on_response(live[0].id, now)
+        else:
+            assert plan.deadline is not None, actions
+            now = plan.deadline
+            actions = plan.on_timer(now)
+    return now
+
+
+def test_a_black_holed_real_is_failed_by_faildetect_and_then_skipped() -> None:
+    """numconns 3: three clients hedged around the dead real fail it; then it is not tried."""
+    farm = make_farm(faildetect=Faildetect(numconns=3, numclients=100))
+    dead = farm.reals[0]
+    now, costs = 0.0, []
+    while farm.state(dead, now) is RealState.OPERATIONAL:
+        start = now
+        now = run(plan_for(farm), now, {dead}) + 1.0
+        costs.append(now - 1.0 - start)
+    assert dead.failed_attempts == 3 and dead.reassigns == 3
+    assert max(costs) < 0.21  # each client lost about hedge_delay, not connect_timeout
+    for _ in range(20):
+        plan = plan_for(farm)
+        run(plan, now, {dead})
+        assert plan.attempts[0].real is not dead
+    assert settled(farm)
+
+
+def test_for_farm_uses_the_farm_settings() -> None:
+    farm = make_farm()
+    plan = ConnectPlan.for_farm(farm, CLIENT, 0.0)
+    assert (plan.connect_timeout, plan.hedge_delay, plan.response_timeout) == (1.0, 0.2, 5.0)
+
+
+# --- invariant: every attempt is reported to the farm exactly once -----------------------------
+
+EVENT = st.tuples(st.sampled_from(["connected", "response", "failed", "timer", "cancel"]),
+                  st.integers(1, 6), st.floats(0.0, 0.7))
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(EVENT, max_size=30), n=st.integers(1, 4), reassign=st.integers(1, 4),
+       hedge=st.sampled_from([None, 0.2]))
+def test_random_event_orders_keep_the_farm_exact(
+        events: list[tuple[str, int, float]], n: int, reassign: int,
+        hedge: float | None) -> None:
+    farm = make_farm(n=n, reassign=reassign)
+    plan = plan_for(farm, hedge_delay=hedge)
+    now = 0.0
+    started = len(connects(plan.start(now)))
+    for kind, attempt_id, step in events:
+        now += step
+        if kind == "connected":
+            actions = plan.on_connected(attempt_id, now)
+        elif kind == "response":
+            actions = plan.on_response(attempt_id, now)
+        elif kind == "failed":
+            actions = plan.on_failed(attempt_id, now, "refused")
+        elif kind == "timer":
+            actions = plan.on_timer(now)
+        else:
+            actions = plan.cancel(now)
+        started += len(connects(actions))
+        assert len({a.real for a in plan.attempts}) == len(plan.attempts)  # each real once
+        assert len(plan.attempts) - 1 <= reassign
+        assert sum(isinstance(a, Commit) for a in actions) <= 1
+    assert started == len(plan.attempts)
+    plan.cancel(now + 100)
+    plan.on_closed(now + 100)
+    assert settled(farm)
+    assert all(r.active == 0 for r in farm.reals)
+    assert farm.outcomes == started  # connected, failed or abandoned: exactly once each
+    assert sum(r.total for r in farm.reals) == (1 if plan.winner else 0)

@@ -1,0 +1,339 @@
+"""ConnectPlan: the attempts of ONE client connection, as a pure state machine (sans-IO).
+
+Like h11, the plan does no I/O: the I/O layer feeds it events (`start`, `on_connected`,
+`on_response`, `on_failed`, `on_timer`, `cancel`, `on_closed`) with the time, and carries out
+the actions each returns, in order:
+
+- `Connect(attempt_id, real)`: open a TCP connection to the real (on the vserver's port).
+- `Replay(attempt_id)`: the handshake is done; write the buffered client bytes to it. Keep
+  buffering (and forwarding) client bytes until `Commit`: the replay may have to go elsewhere.
+- `Commit(attempt_id)`: the real answered; it owns the client connection now. Relay its bytes
+  to the client. No reassign after this: the client has seen the real's bytes.
+- `Abort(attempt_id)`: close that attempt; the plan has already reported its outcome.
+  (Attempts the I/O layer reported failed are closed by the I/O layer, not re-aborted.)
+- `GiveUp(reason)`: no real can take the connection; the client gets remote-connection-failed.
+
+Then call `on_timer` at `deadline` (None: no timer needed).
+
+The plan reports every attempt's outcome to the farm exactly once: `connected` at the first
+response (then `closed` via `on_closed`), `failed` (counts for faildetect), or `abandoned` (no
+verdict). A real that completes the handshake but never answers is thus a failure, not a
+success that would reset faildetect's counts.
+
+Reassign, the gateway's mapping of IOS `reassign N`. IOS [SLB-FC] "TCP Session
+Reassignment": "IOS SLB tracks each TCP SYN sent to a real server by a client attempting to
+open a new connection. If several consecutive SYNs are not answered, or if a SYN is replied to
+with an RST, the TCP session is reassigned to a new real server. The number of SYN attempts is
+controlled by a configurable reassign threshold." A gateway does not see the client's SYN
+retransmissions; it makes its own attempt instead. So:
+
+- one attempt on a real stands for IOS's N SYNs: it ends at a refusal (RST) at once, or at
+  `connect_timeout` without a handshake, or at `response_timeout` without a first byte after
+  the replay;
+- after an attempt fails on real R, the client connection is reassigned to another real if it
+  has been reassigned fewer than R's `reassign` times (each attempt after the first is one
+  reassign), and each real is tried at most once per client connection;
+- R's `reassigns` counter counts client connections that moved away from it that way.
+
+Hedging (beyond IOS): if the newest attempt has no handshake after `hedge_delay`, the next pick
+is started in parallel (it uses the same reassign budget); the first to complete the handshake
+is kept and the others aborted. An aborted attempt that had waited at least `hedge_delay` never
+answered in time: it is failed ("hedged: no answer") and counts a reassign; a younger one is
+abandoned without a verdict, so a healthy real that merely lost a race by a millisecond is not
+blamed. A black-holed real then costs a client about `hedge_delay`, not `connect_timeout`.
+
+[SLB-FC] Cisco IOS IP Configuration Guide 12.2, "Configuring Server Load Balancing", "IOS SLB
+Functions and Capabilities" (78-11741-02, p. IPC-137).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xmppgw.slb.farm import Real, Serverfarm
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    attempt_id: int
+    real: Real
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    attempt_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    attempt_id: int
+    real: Real
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    attempt_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    reason: str
+
+
+Action = Connect | Replay | Commit | Abort | GiveUp
+
+NO_REAL = "no real in service"
+EVERY_REAL_FAILED = "every real failed"
+HEDGE_LOST = "hedged: no answer"
+
+
+class Phase(StrEnum):
+    CONNECTING = "connecting"  # SYN sent, no handshake yet
+    REPLAYED = "replayed"  # handshake done, client bytes replayed, waiting for a first byte
+    COMMITTED = "committed"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+IN_FLIGHT = frozenset({Phase.CONNECTING, Phase.REPLAYED})
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    id: int
+    real: Real
+    started: float
+    deadline: float | None
+    phase: Phase = Phase.CONNECTING
+    reason: str | None = None
+
+
+class ConnectPlan:
+    """The connect/reassign/hedge decisions for one client connection."""
+
+    def __init__(self, farm: Serverfarm, client: str, now: float, connect_timeout: float,
+                 hedge_delay: float | None, response_timeout: float | None) -> None:
+        self.farm = farm
+        self.client = client
+        self.created = now
+        self.connect_timeout = connect_timeout
+        self.hedge_delay = hedge_delay if hedge_delay and hedge_delay < connect_timeout else None
+        self.response_timeout = response_timeout or None
+        self.attempts: list[Attempt] = []
+        self.winner: Attempt | None = None
+        self.gave_up: str | None = None
+        self.cancelled = False
+        self._hedge_at: float | None = None
+        self._closed = False
+
+    @classmethod
+    def for_farm(cls, farm: Serverfarm, client: str, now: float) -> ConnectPlan:
+        """A plan with the farm's own timeouts."""
+        c = farm.config
+        return cls(farm, client, now, c.connect_timeout, c.hedge_delay, c.response_timeout)
+
+    # --- what the I/O layer reads ------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.winner is not None or self.gave_up is not None or self.cancelled
+
+    @property
+    def real(self) -> Real | None:
+        """The real that owns the connection once committed."""
+        return self.winner.real if self.winner is not None else None
+
+    @property
+    def deadline(self) -> float | None:
+        """When `on_timer` must be called next; None while no timer is needed."""
+        times = [a.deadline for a in self._in_flight() if a.deadline is not None]
+        if self._hedge_at is not None:
+            times.append(self._hedge_at)
+        return min(times, default=None)
+
+    def attempt(self, attempt_id: int) -> Attempt:
+        return self.attempts[attempt_id - 1]
+
+    # --- events --------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """The first attempt, or GiveUp if no real can take the connection."""
+        if self.attempts or self.done:
+            return []
+        real = self.farm.pick(self.client, now)
+        if real is None:
+            return self._give_up(NO_REAL)
+        return [self._launch(real, now)]
+
+    def on_connected(self, attempt_id: int, now: float) -> list[Action]:
+        """TCP handshake done: replay to it, abort the other attempts (it won the race)."""
+        attempt = self._find(attempt_id, Phase.CONNECTING)
+        if attempt is None:
+            return []
+        attempt.phase = Phase.REPLAYED
+        attempt.deadline = now + self.response_timeout if self.response_timeout else None
+        self._hedge_at = None
+        losers = [a for a in self._in_flight() if a is not attempt]
+        return [*(self._abort_loser(a, now) for a in losers), Replay(attempt.id)]
+
+    def on_response(self, attempt_id: int, now: float) -> list[Action]:
+        """First byte from the real: it wins for good; the farm counts a success."""
+        actions: list[Action] = []
+        attempt = self._find(attempt_id, Phase.CONNECTING)
+        if attempt is not None:  # data before the handshake was reported: take it as both
+            actions = self.on_connected(attempt_id, now)
+        attempt = self._find(attempt_id, Phase.REPLAYED)
+        if attempt is None:
+            return actions
+        attempt.phase = Phase.COMMITTED
+        attempt.deadline = None
+        self.winner = attempt
+        self.farm.connected(attempt.real, self.client, now)
+        return [*actions, Commit(attempt.id, attempt.real)]
+
+    def on_failed(self, attempt_id: int, now: float, reason: str) -> list[Action]:
+        """The I/O layer saw the attempt fail (refused, reset, closed before response...)."""
+        attempt = self._find(attempt_id, *IN_FLIGHT)
+        if attempt is None:
+            return []
+        self._fail(attempt, now, reason)
+        return self._after_failure(attempt, now)
+
+    def on_timer(self, now: float) -> list[Action]:
+        """Handle every timeout and hedge due by `now`, oldest first."""
+        actions: list[Action] = []
+        while not self.done:
+            due = self._next_due(now)
+            if due is None:
+                break
+            attempt = due[0]
+            actions.extend(self._hedge(now) if attempt is None else self._timed_out(attempt, now))
+        return actions
+
+    def cancel(self, now: float) -> list[Action]:
+        """The client left before a real answered: abort every attempt, no verdict on reals."""
+        if self.done:
+            return []
+        self.cancelled = True
+        self._hedge_at = None
+        actions: list[Action] = []
+        for attempt in self._in_flight():
+            attempt.phase = Phase.ABANDONED
+            attempt.deadline = None
+            self.farm.abandoned(attempt.real, now)
+            actions.append(Abort(attempt.id))
+        return actions
+
+    def on_closed(self, now: float) -> None:
+        """The committed connection ended (either side): the real no longer owns it."""
+        if self.winner is not None and not self._closed:
+            self._closed = True
+            self.farm.closed(self.winner.real, now)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _in_flight(self) -> list[Attempt]:
+        return [a for a in self.attempts if a.phase in IN_FLIGHT]
+
+    def _find(self, attempt_id: int, *phases: Phase) -> Attempt | None:
+        """The attempt if it exists and is in one of `phases`; late events are ignored."""
+        if self.done or not 1 <= attempt_id <= len(self.attempts):
+            return None
+        attempt = self.attempts[attempt_id - 1]
+        return attempt if attempt.phase in phases else None
+
+    def _launch(self, real: Real, now: float) -> Connect:
+        attempt = Attempt(len(self.attempts) + 1, real, now, now + self.connect_timeout)
+        self.attempts.append(attempt)
+        self._hedge_at = now + self.hedge_delay if self.hedge_delay else None
+        return Connect(attempt.id, real)
+
+    def _fail(self, attempt: Attempt, now: float, reason: str) -> None:
+        attempt.phase = Phase.FAILED
+        attempt.reason = reason
+        attempt.deadline = None
+        self.farm.failed(attempt.real, self.client, now, reason)
+
+    def _next_due(self, now: float) -> tuple[Attempt | None] | None:
+        """The earliest timer due by `now`: (attempt,) for a timeout, (None,) for the hedge.
+
+        On a tie a timeout goes first, so the hedge sees the attempts still in flight.
+        """
+        timers = [(a.deadline, 0, a.id, a) for a in self._in_flight()
+                  if a.deadline is not None and a.deadline <= now]
+        if self._hedge_at is not None and self._hedge_at <= now:
+            timers.append((self._hedge_at, 1, 0, None))
+        if not timers:
+            return None
+        return (min(timers, key=lambda t: t[:3])[3],)
+
+    def _timed_out(self, attempt: Attempt, now: float) -> list[Action]:
+        reason = "timeout" if attempt.phase is Phase.CONNECTING else "no response"
+        self._fail(attempt, now, reason)
+        return [Abort(attempt.id), *self._after_failure(attempt, now)]
+
+    def _after_failure(self, failed: Attempt, now: float) -> list[Action]:
+        """Reassign while the budget of the failed real allows, else give up."""
+        if self._in_flight():  # a hedge is still under way: the connection moved on to it
+            self.farm.reassigned(failed.real, now)
+            return self._rearm_hedge(now)
+        if not self._budget_allows(failed.real):
+            return self._give_up(f"reassign limit reached (reassign {failed.real.config.reassign}"
+                                 f" on {failed.real.name})")
+        real = self.farm.pick(self.client, now, self._tried())
+        if real is None:
+            return self._give_up(EVERY_REAL_FAILED)
+        self.farm.reassigned(failed.real, now)
+        return [self._launch(real, now)]
+
+    def _hedge(self, now: float) -> list[Action]:
+        """The newest attempt is slow: start the next pick beside it, if budget and reals allow.
+
+        When no real is left to hedge to, hedging stops until the next launch; the attempts
+        under way then run to their own timeouts.
+        """
+        self._hedge_at = None
+        connecting = [a for a in self._in_flight() if a.phase is Phase.CONNECTING]
+        if not connecting or not self._budget_allows(connecting[-1].real):
+            return []
+        real = self.farm.pick(self.client, now, self._tried())
+        return [] if real is None else [self._launch(real, now)]
+
+    def _rearm_hedge(self, now: float) -> list[Action]:
+        """After a failure beside other attempts: hedge around the newest one still connecting.
+
+        So a hedge that is refused at once does not leave the client waiting on the slow
+        attempt it was meant to replace: if that one is already past hedge_delay, the next
+        pick starts now.
+        """
+        connecting = [a for a in self._in_flight() if a.phase is Phase.CONNECTING]
+        if self.hedge_delay is None or not connecting:
+            self._hedge_at = None
+            return []
+        self._hedge_at = connecting[-1].started + self.hedge_delay
+        return self._hedge(now) if self._hedge_at <= now else []
+
+    def _abort_loser(self, attempt: Attempt, now: float) -> Abort:
+        if self.hedge_delay is not None and now - attempt.started >= self.hedge_delay:
+            self._fail(attempt, now, HEDGE_LOST)
+            self.farm.reassigned(attempt.real, now)
+        else:
+            attempt.phase = Phase.ABANDONED
+            attempt.deadline = None
+            self.farm.abandoned(attempt.real, now)
+        return Abort(attempt.id)
+
+    def _budget_allows(self, real: Real) -> bool:
+        """Each attempt after the first is a reassign; `real`'s reassign value caps them."""
+        return len(self.attempts) - 1 < real.config.reassign
+
+    def _tried(self) -> frozenset[Real]:
+        return frozenset(a.real for a in self.attempts)
+
+    def _give_up(self, reason: str) -> list[Action]:
+        self.gave_up = reason
+        self._hedge_at = None
+        return [GiveUp(reason)]
