@@ -1,0 +1,170 @@
+"""Issue 3 against the real cluster: nodes that black-hole SYNs, crash (kill -9) or hang
+(SIGSTOP) cost clients nothing but a little time; the gateway marks them FAILED by IOS's
+faildetect rules and takes them back after `retry`.
+
+A gateway process of its own (farm state must not leak into other tests), in front of the
+harness's 3-node ejabberd cluster. Every test puts the cluster back as it found it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness.client import xmpp_session
+from tests.harness.servers import Servers
+from tests.support.blackhole import blackhole, remove_stale
+from tests.support.gateway import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+VIP = "127.0.1.5"
+RETRY = 3.0
+NUMCONNS = 4
+HEDGE_DELAY = 0.2
+
+
+def config(servers: Servers) -> str:
+    reals = "".join(f"""
+[[serverfarm.real]]
+address = "{a}"
+reassign = 3
+faildetect = {{ numconns = {NUMCONNS}, numclients = 2 }}
+retry = {RETRY}
+""" for a in servers.ejabberd_addresses)
+    return f"""
+[gateway]
+domains = ["{servers.ejabberd_domain}"]
+log_connect = true
+
+[[vserver]]
+name = "FAILOVER"
+virtual = "{VIP}:5222"
+serverfarm = "CLUSTER"
+
+[[serverfarm]]
+name = "CLUSTER"
+predictor = "roundrobin"
+connect_timeout = 1
+hedge_delay = {HEDGE_DELAY}
+response_timeout = 2
+slowstart = 1
+{reals}"""
+
+
+@pytest.fixture(scope="module")
+def gateway(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    remove_stale()
+    gw = GatewayProcess(config(servers), tmp_path_factory.mktemp("failover")).start()
+    yield gw
+    gw.stop()
+
+
+async def login(servers: Servers, user: str) -> float:
+    began = time.monotonic()
+    async with xmpp_session(servers.jid(user) + "/failover", servers.password, VIP, 5222,
+                            send_presence=False):
+        pass
+    return time.monotonic() - began
+
+
+async def login_many(servers: Servers, users: list[str], concurrency: int = 10) -> list[float]:
+    """Every login must succeed (xmpp_session raises otherwise); returns their durations."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(user: str) -> float:
+        async with gate:
+            return await login(servers, user)
+
+    return list(await asyncio.gather(*(one(u) for u in users)))
+
+
+def states(gw: GatewayProcess, real: str) -> list[str]:
+    return [r["new"] for r in gw.records("real_state") if r["real"] == real]
+
+
+async def wait_state(gw: GatewayProcess, servers: Servers, real: str, state: str,
+                     timeout: float = 30.0) -> None:
+    """Keep logging clients in until `real` reaches `state` (a TESTING real needs traffic)."""
+    deadline = time.monotonic() + timeout
+    i = 0
+    while states(gw, real)[-1:] != [state]:
+        assert time.monotonic() < deadline, f"{real} never became {state}: {states(gw, real)}"
+        await login(servers, f"user{150 + i % 50}")
+        i += 1
+        await asyncio.sleep(0.2)
+
+
+def landed_on(gw: GatewayProcess, since: int) -> list[str]:
+    return [r["real"] for r in gw.records("connected")[since:]]
+
+
+async def test_blackholed_node_costs_about_hedge_delay(servers: Servers,
+                                                       gateway: GatewayProcess) -> None:
+    users = [f"user{i}" for i in range(200)]
+    baseline = await login_many(servers, users)
+    nodes = set(landed_on(gateway, 0))
+    assert nodes == set(servers.ejabberd_addresses)  # 200 logins spread over the cluster
+
+    dark = servers.ejabberd_addresses[1]
+    with blackhole(dark, 5222):
+        mark = len(gateway.records("connected"))
+        during = await login_many(servers, users)  # every one succeeds
+        assert "FAILED" in states(gateway, dark)
+        assert dark not in landed_on(gateway, mark)
+    rise = statistics.median(during) - statistics.median(baseline)
+    assert rise < HEDGE_DELAY + 0.3, (statistics.median(baseline), statistics.median(during))
+    hedged = [r for r in gateway.records("real_attempt_failed") if r["real"] == dark]
+    assert hedged and {r["reason"] for r in hedged} <= {"hedged: no answer", "timeout"}
+
+    await asyncio.sleep(RETRY)
+    await wait_state(gateway, servers, dark, "OPERATIONAL")
+    mark = len(gateway.records("connected"))
+    await login_many(servers, users[:30], concurrency=1)
+    assert dark in landed_on(gateway, mark)
+
+
+async def test_killed_node_is_failed_after_exactly_numconns(servers: Servers,
+                                                            gateway: GatewayProcess) -> None:
+    index = 2
+    dead = servers.ejabberd_addresses[index]
+    failures_before = len([r for r in gateway.records("real_attempt_failed") if r["real"] == dead])
+    servers.ejabberd.kill_node(index)
+    try:
+        for i in range(40):  # one at a time, so the count is exact
+            await login(servers, f"user{i}")
+            if states(gateway, dead)[-1:] == ["FAILED"]:
+                break
+        assert states(gateway, dead)[-1] == "FAILED"
+        failed = [r for r in gateway.records("real_attempt_failed") if r["real"] == dead]
+        # numclients cannot trip first: every test client is 127.0.0.1, one client
+        assert len(failed) - failures_before == NUMCONNS
+        assert {r["reason"] for r in failed[failures_before:]} == {"Connection refused"}
+    finally:
+        servers.ejabberd.start_node(index)
+    await asyncio.sleep(RETRY)
+    await wait_state(gateway, servers, dead, "OPERATIONAL", timeout=60)
+
+
+async def test_hung_node_is_skipped_without_client_errors(servers: Servers,
+                                                          gateway: GatewayProcess) -> None:
+    """SIGSTOP: the kernel still completes handshakes, the node never answers."""
+    index = 0
+    hung = servers.ejabberd_addresses[index]
+    pid = servers.ejabberd.pid_of(index)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await login_many(servers, [f"user{i}" for i in range(30)], concurrency=5)
+        assert "FAILED" in states(gateway, hung)
+        silent = [r for r in gateway.records("real_attempt_failed") if r["real"] == hung]
+        assert "no response" in {r["reason"] for r in silent}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.sleep(RETRY)
+    await wait_state(gateway, servers, hung, "OPERATIONAL", timeout=60)
