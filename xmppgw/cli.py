@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Callable
@@ -19,8 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-c", "--config", required=True, help="TOML config file")
     check = sub.add_parser("check", help="validate a config file; exit 0 if good, 1 if not")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
+    show = sub.add_parser("show", help="show vservers, serverfarms or reals of a running gateway")
+    show.add_argument("what", choices=["vservers", "serverfarms", "reals"])
+    show.add_argument("detail", nargs="?", choices=["detail"], help="IOS's detail form")
+    show.add_argument("-c", "--config", required=True, help="the running gateway's config")
+    show.add_argument("--json", action="store_true", help="the same data as JSON")
     args = parser.parse_args(argv)
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "check": cmd_check}
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": cmd_run, "check": cmd_check, "show": cmd_show}
     return commands[args.command](args)
 
 
@@ -40,6 +47,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     reals = sum(len(f.reals) for f in config.serverfarms)
     print(f"{args.config}: OK: {len(config.vservers)} vservers, "
           f"{len(config.serverfarms)} serverfarms, {reals} reals")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from xmppgw.control import show
+    from xmppgw.control.server import request
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    path = config.gateway.control_socket
+    if not path:
+        print(f"{args.config}: gateway.control_socket is not set", file=sys.stderr)
+        return 1
+    try:
+        reply = request(path, {"command": "show"})
+    except OSError as exc:
+        print(f"xmppgw: cannot reach the gateway at {path}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"xmppgw: {reply.get('error')}", file=sys.stderr)
+        return 1
+    data = reply["data"]
+    if args.json:
+        print(json.dumps(data[args.what], indent=2))
+    elif args.what == "serverfarms":
+        print(show.serverfarms_detail(data) if args.detail else show.serverfarms(data), end="")
+    elif args.what == "reals":
+        print(show.reals(data, detail=bool(args.detail)), end="")
+    else:
+        print(show.vservers(data), end="")
     return 0
 
 

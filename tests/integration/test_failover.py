@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +36,7 @@ NUMCONNS = 4
 HEDGE_DELAY = 0.2
 
 
-def config(servers: Servers) -> str:
+def config(servers: Servers, control_socket: Path) -> str:
     reals = "".join(f"""
 [[serverfarm.real]]
 address = "{a}"
@@ -42,6 +48,7 @@ retry = {RETRY}
 [gateway]
 domains = ["{servers.ejabberd_domain}"]
 log_connect = true
+control_socket = "{control_socket}"
 
 [[vserver]]
 name = "FAILOVER"
@@ -59,11 +66,30 @@ slowstart = 1
 
 
 @pytest.fixture(scope="module")
-def gateway(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def control_dir() -> Iterator[Path]:
+    """World-traversable, so the test can show the socket itself keeps other users out."""
+    path = Path(tempfile.mkdtemp(prefix="xmppgw-ctl-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gateway(servers: Servers, control_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     remove_stale()
-    gw = GatewayProcess(config(servers), tmp_path_factory.mktemp("failover")).start()
+    gw = GatewayProcess(config(servers, control_dir / "xmppgw.sock"),
+                        tmp_path_factory.mktemp("failover")).start()
     yield gw
     gw.stop()
+
+
+def show(gw: GatewayProcess, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "xmppgw", "show", *args, "-c",
+                             str(gw.config_path)], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 async def login(servers: Servers, user: str) -> float:
@@ -146,6 +172,15 @@ async def test_killed_node_is_failed_after_exactly_numconns(servers: Servers,
         # numclients cannot trip first: every test client is 127.0.0.1, one client
         assert len(failed) - failures_before == NUMCONNS
         assert {r["reason"] for r in failed[failures_before:]} == {"Connection refused"}
+        detail = show(gateway, "serverfarms", "detail").splitlines()
+        assert detail[0] == "CLUSTER predictor = ROUNDROBIN, nat = SERVER, interface(s) = <none>"
+        assert detail[1] == "virtuals inservice: 1, reals = 3, bind id = 0"
+        assert detail[2] == "Real servers:"
+        assert re.fullmatch(rf"{re.escape(dead)}, weight = 8, FAILED, conns = 0", detail[3 + index])
+        assert re.fullmatch(r"Total connections = \d+", detail[6])
+        reals = show(gateway, "reals", "detail")
+        assert re.search(rf"{re.escape(dead)}\s+CLUSTER\s+8\s+FAILED\s+0\s+\d+\s+{NUMCONNS}\b",
+                         reals), reals
     finally:
         servers.ejabberd.start_node(index)
     await asyncio.sleep(RETRY)
@@ -168,3 +203,40 @@ async def test_hung_node_is_skipped_without_client_errors(servers: Servers,
         os.kill(pid, signal.SIGCONT)
     await asyncio.sleep(RETRY)
     await wait_state(gateway, servers, hung, "OPERATIONAL", timeout=60)
+
+
+NOBODY_CONNECT = """\
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("EACCES")
+    sys.exit()
+s.sendall(b'{"command": "show"}' + bytes([10]))
+print(s.recv(4096).decode().strip())
+"""
+
+
+def as_nobody(path: Path) -> str:
+    """Connect to the control socket as the unprivileged user `nobody`, with Debian's python."""
+    script = path.parent / "connect.py"
+    script.write_text(NOBODY_CONNECT)
+    script.chmod(0o644)
+    python = shutil.which("python3", path="/usr/bin:/bin") or "python3"
+    result = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", f"{python} {script} {path}"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_control_socket_refuses_other_users(gateway: GatewayProcess, control_dir: Path) -> None:
+    sock = control_dir / "xmppgw.sock"
+    assert sock.stat().st_mode & 0o777 == 0o600
+    assert as_nobody(sock) == "EACCES"
+    sock.chmod(0o666)  # an operator loosened it: the peer credential check still holds
+    try:
+        assert as_nobody(sock) == '{"ok": false, "error": "permission denied"}'
+    finally:
+        sock.chmod(0o600)
+    assert "CLUSTER" in show(gateway, "serverfarms")

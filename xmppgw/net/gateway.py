@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xmppgw.config import Config, VserverConfig
+from xmppgw.control.server import ControlServer
 from xmppgw.net.session import ClientSession
 from xmppgw.slb.farm import Serverfarm
 
@@ -32,10 +33,18 @@ class Gateway:
         self.farms = {f.name: Serverfarm(f, now) for f in config.serverfarms}
         self.vservers = [VserverRuntime(v) for v in config.vservers]
         self.sessions: set[ClientSession] = set()
+        self.control: ControlServer | None = None
 
     async def start(self) -> None:
         """Listen on every vserver in service; a vserver that cannot bind stops the start."""
         loop = asyncio.get_running_loop()
+        if self.config.gateway.control_socket:
+            self.control = ControlServer(self.config.gateway.control_socket, self.command,
+                                         self.log)
+            try:
+                await self.control.start()
+            except OSError as exc:
+                raise OSError(exc.errno, f"control socket: {exc.strerror or exc}") from None
         if not self.config.gateway.domains:
             self.log.warning("no_domains", message="gateway.domains is empty: streams to any "
                              "domain are routed (as an IOS SLB would)")
@@ -62,8 +71,41 @@ class Gateway:
             self.log.warning("real_state", farm=change.farm, real=change.real,
                              old=str(change.old), new=str(change.new), reason=change.reason)
 
+    def command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A control socket request; `show` is all there is so far."""
+        if request.get("command") == "show":
+            return {"ok": True, "data": self.snapshot(asyncio.get_running_loop().time())}
+        return {"ok": False, "error": f"unknown command {request.get('command')!r}"}
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The state of every vserver, farm and real as plain data (for show and --json)."""
+        conns: dict[str, int] = {}
+        for session in self.sessions:
+            conns[session.vserver.name] = conns.get(session.vserver.name, 0) + 1
+        vservers = [{"name": vs.name, "virtual": str(vs.config.virtual), "mode": vs.config.mode,
+                     "serverfarm": vs.config.serverfarm, "inservice": vs.server is not None,
+                     "conns": conns.get(vs.name, 0)} for vs in self.vservers]
+        farms = []
+        for farm in self.farms.values():
+            users = [vs for vs in self.vservers if vs.server is not None and (
+                vs.config.serverfarm == farm.name
+                or any(r.serverfarm == farm.name for r in vs.config.routes))]
+            farms.append({
+                "name": farm.name, "predictor": farm.config.predictor, "nat": farm.config.nat,
+                "virtuals_inservice": len(users),
+                "reals": [{"address": real.name, "weight": real.config.weight,
+                           "state": str(farm.state(real, now)), "conns": real.active,
+                           "total": real.total, "failed_attempts": real.failed_attempts,
+                           "reassigns": real.reassigns,
+                           "state_age": round(now - real.last_change, 3)}
+                          for real in farm.reals],
+            })
+        return {"vservers": vservers, "serverfarms": farms}
+
     async def stop(self) -> None:
         """Stop accepting, then close every live connection (both legs)."""
+        if self.control is not None:
+            await self.control.stop()
         for vs in self.vservers:
             if vs.server is not None:
                 vs.server.close()

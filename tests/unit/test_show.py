@@ -1,0 +1,73 @@
+"""`show` formatting: the seed's `show ip slb serverfarms detail`, line by line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from xmppgw import config
+from xmppgw.control import show
+from xmppgw.slb.farm import Serverfarm
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_ARTICLE = ROOT.parent / "shared" / "seeds" / "000_b3f7671a4b440aa7.txt"
+
+REAL_LINE = (r"[0-9.:\[\]a-f]+, weight = \d+, "
+             r"(OPERATIONAL|OUTOFSERVICE|FAILED|TESTING|MAXCONNS|PROBE_FAILED), conns = \d+")
+# The seed's block, numbers and names abstracted; "nat =SERVER" and the empty interface list
+# are the article's, ours reads "nat = SERVER, interface(s) = <none>".
+LAYOUT = [
+    r"(\S+) predictor = (ROUNDROBIN|LEASTCONNS|SOURCEHASH), nat = ?SERVER, interface\(s\) =.*",
+    r"virtuals inservice: \d+, reals = \d+, bind id = 0",
+    r"Real servers:",
+    *[REAL_LINE] * 4,
+    r"Total connections = \d+",
+]
+
+
+def seed_snapshot() -> dict:
+    cfg = config.load(ROOT / "conf" / "seed.toml")
+    farm = Serverfarm(cfg.farm("XMPP"), 0.0)
+    for i in range(1245):
+        real = farm.pick(f"198.51.100.{i % 250}:{i}", 0.0)
+        farm.connected(real, f"198.51.100.{i % 250}:{i}", 0.0)
+    return {"vservers": [], "serverfarms": [{
+        "name": farm.name, "predictor": farm.config.predictor, "nat": farm.config.nat,
+        "virtuals_inservice": 3,
+        "reals": [{"address": r.name, "weight": r.config.weight, "state": str(farm.state(r, 0)),
+                   "conns": r.active, "total": r.total, "failed_attempts": 0, "reassigns": 0,
+                   "state_age": 0.0} for r in farm.reals]}]}
+
+
+def test_serverfarms_detail_has_the_seed_layout() -> None:
+    out = show.serverfarms_detail(seed_snapshot()).splitlines()
+    assert out == [
+        "XMPP predictor = LEASTCONNS, nat = SERVER, interface(s) = <none>",
+        "virtuals inservice: 3, reals = 4, bind id = 0",
+        "Real servers:",
+        "127.0.2.1, weight = 5, OPERATIONAL, conns = 415",
+        "127.0.2.2, weight = 5, OPERATIONAL, conns = 415",
+        "127.0.2.3, weight = 5, OPERATIONAL, conns = 415",
+        "127.0.2.4, weight = 5, OUTOFSERVICE, conns = 0",
+        "Total connections = 1245",
+    ]
+    assert all(re.fullmatch(p, line) for p, line in zip(LAYOUT, out, strict=True))
+
+
+@pytest.mark.skipif(not SEED_ARTICLE.exists(), reason="../shared/seeds is not beside the repo")
+def test_the_layout_is_the_articles() -> None:
+    """The patterns above really describe the seed's own output."""
+    text = SEED_ARTICLE.read_text(errors="replace").splitlines()
+    start = next(i for i, line in enumerate(text) if line.startswith("XMPP predictor"))
+    block = [line.strip() for line in text[start:start + len(LAYOUT)]]
+    assert all(re.fullmatch(p, line) for p, line in zip(LAYOUT, block, strict=True)), block
+
+
+def test_tables() -> None:
+    snap = seed_snapshot()
+    assert show.serverfarms(snap).splitlines()[2].split() == ["XMPP", "LEASTCONNS", "S", "4", "0"]
+    rows = show.reals(snap, detail=True).splitlines()
+    assert rows[0].split()[:4] == ["real", "server", "farm", "weight"]
+    assert rows[5].split()[:5] == ["127.0.2.4", "XMPP", "5", "OUTOFSERVICE", "0"]

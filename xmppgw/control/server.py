@@ -1,0 +1,111 @@
+"""The control socket: a Unix socket only the gateway's own user (or root) may use.
+
+One JSON object per line in each direction: {"command": "show"} -> {"ok": true, "data": ...}.
+The socket file is created mode 0600 (no window with a wider mode: the umask is set around
+bind), and each peer's credentials (SO_PEERCRED) are checked as well, so a socket an operator
+chmods wider still refuses other users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
+MAX_REQUEST = 65536
+
+
+class ControlServer:
+    def __init__(self, path: str, handler: Handler, log: Any) -> None:
+        self.path = Path(path)
+        self.handler = handler
+        self.log = log
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _remove_stale(self.path)
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                          limit=MAX_REQUEST)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            uid = _peer_uid(writer.get_extra_info("socket"))
+            if uid not in (0, os.getuid()):
+                self.log.warning("control_refused", uid=uid)
+                reply: dict[str, Any] = {"ok": False, "error": "permission denied"}
+            else:
+                reply = await self._answer(await reader.readline())
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass  # a client that went away or sent too much gets nothing more
+        finally:
+            writer.close()
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "expected one JSON object per line"}
+        result = self.handler(request)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result  # type: ignore[return-value]
+
+
+def _peer_uid(sock: Any) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _remove_stale(path: Path) -> None:
+    """A socket file left by a gateway that died is removed; a live one is an error."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise OSError(98, f"control socket {path} is in use: is another gateway running?")
+
+
+def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """The client side, for the CLI: one request, one reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)

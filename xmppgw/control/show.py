@@ -1,0 +1,72 @@
+"""`show` output in IOS's layout, from a snapshot (plain data): pure, so the seed's lines are
+tested word for word without a running gateway.
+
+The seed's `show ip slb serverfarms detail`:
+
+    XMPP predictor = LEASTCONNS, nat =SERVER, interface(s) =
+    virtuals inservice: 4, reals = 4, bind id = 0
+    Real servers:
+    213.134.162.162, weight = 5, OPERATIONAL, conns = 415
+    ...
+    Total connections = 1245
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Snapshot = dict[str, Any]
+
+
+def serverfarms_detail(snapshot: Snapshot) -> str:
+    blocks = []
+    for farm in snapshot["serverfarms"]:
+        head = (f"{farm['name']} predictor = {farm['predictor'].upper()}, "
+                f"nat = {farm['nat'].upper()}, interface(s) = <none>")
+        counts = (f"virtuals inservice: {farm['virtuals_inservice']}, "
+                  f"reals = {len(farm['reals'])}, bind id = 0")
+        lines = [head, counts, "Real servers:"]
+        lines += [f"{r['address']}, weight = {r['weight']}, {r['state']}, conns = {r['conns']}"
+                  for r in farm["reals"]]
+        lines.append(f"Total connections = {sum(r['conns'] for r in farm['reals'])}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def serverfarms(snapshot: Snapshot) -> str:
+    rows = [("server farm", "predictor", "nat", "reals", "bind id")]
+    rows += [(f["name"], f["predictor"].upper(), f["nat"][0].upper(), str(len(f["reals"])), "0")
+             for f in snapshot["serverfarms"]]
+    return _table(rows)
+
+
+def reals(snapshot: Snapshot, detail: bool = False) -> str:
+    """`show ip slb reals [detail]`: one row per real, counters in detail."""
+    head = ("real", "server farm", "weight", "state", "conns")
+    if detail:
+        head += ("total", "failed", "reassigns", "since")
+    rows = [head]
+    for farm in snapshot["serverfarms"]:
+        for r in farm["reals"]:
+            row = (r["address"], farm["name"], str(r["weight"]), r["state"], str(r["conns"]))
+            if detail:
+                row += (str(r["total"]), str(r["failed_attempts"]), str(r["reassigns"]),
+                        f"{r['state_age']:.0f}s")
+            rows.append(row)
+    return _table(rows)
+
+
+def vservers(snapshot: Snapshot) -> str:
+    rows = [("slb vserver", "virtual", "mode", "state", "conns")]
+    rows += [(v["name"], v["virtual"], v["mode"],
+              "OPERATIONAL" if v["inservice"] else "OUTOFSERVICE", str(v["conns"]))
+             for v in snapshot["vservers"]]
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines) + "\n"
