@@ -20,6 +20,7 @@ from typing import Any
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
 MAX_REQUEST = 65536
+REQUEST_TIMEOUT = 10.0
 
 
 class ControlServer:
@@ -50,16 +51,19 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            # Read the request in every case (bounded in size and time), so a refused client
+            # gets its answer rather than a reset in the middle of its write.
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             uid = _peer_uid(writer.get_extra_info("socket"))
             if uid not in (0, os.getuid()):
                 self.log.warning("control_refused", uid=uid)
                 reply: dict[str, Any] = {"ok": False, "error": "permission denied"}
             else:
-                reply = await self._answer(await reader.readline())
+                reply = await self._answer(line)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
-            pass  # a client that went away or sent too much gets nothing more
+        except (ConnectionError, TimeoutError, asyncio.LimitOverrunError, ValueError):
+            pass  # a client that went away, stalled or sent too much gets nothing more
         finally:
             writer.close()
 
