@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import signal
 import sys
 from collections.abc import Callable
 
@@ -83,6 +81,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from xmppgw.net import workers
+
     config = _load(args.config)
     if config is None:
         return 1
@@ -92,26 +92,4 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        try:
-            runner.run(_serve(config, log))
-        except OSError as exc:
-            print(f"xmppgw: {exc.strerror}", file=sys.stderr)
-            return 1
-    return 0
-
-
-async def _serve(config: configmod.Config, log) -> None:
-    from xmppgw.net.gateway import Gateway
-
-    gateway = Gateway(config, log)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await gateway.start()
-    log.info("started", config=config.path, loop=type(loop).__module__)
-    await stop.wait()
-    log.info("stopping")
-    await gateway.stop()
-    log.info("stopped")
+    return workers.run(config, log, loop_factory)

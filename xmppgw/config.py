@@ -85,6 +85,7 @@ class GatewayConfig:
     response_timeout: float = 5.0
     log_format: str = "auto"
     log_connect: bool = False
+    workers: int = 1
     keepalive: Keepalive = field(default_factory=Keepalive)
 
 
@@ -429,6 +430,7 @@ def _gateway(s: _Section) -> GatewayConfig:
         response_timeout=s.get("response_timeout", float, d.response_timeout, _not_negative),
         log_format=s.get("log_format", str, d.log_format, _one_of(LOG_FORMATS)),
         log_connect=s.get("log_connect", bool, d.log_connect),
+        workers=s.get("workers", int, d.workers, _at_least(1)),
         keepalive=keepalive,
     )
     s.done()

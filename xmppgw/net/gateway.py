@@ -10,7 +10,8 @@ from typing import Any
 from xmppgw.config import Config, VserverConfig
 from xmppgw.control.server import ControlServer
 from xmppgw.net.session import ClientSession
-from xmppgw.slb.farm import Serverfarm
+from xmppgw.net.shared import Row, SharedTable
+from xmppgw.slb.farm import Real, Serverfarm
 
 LISTEN_BACKLOG = 1024
 
@@ -26,11 +27,21 @@ class VserverRuntime:
 
 
 class Gateway:
-    def __init__(self, config: Config, log: Any) -> None:
+    """One worker's gateway. With `workers > 1` the master binds the listening sockets and
+    forks; each worker gets its sockets, its index and the shared table of SLB counters."""
+
+    def __init__(self, config: Config, log: Any, worker: int = 0,
+                 shared: SharedTable | None = None,
+                 sockets: dict[str, socket.socket] | None = None) -> None:
         self.config = config
         self.log = log
+        self.worker = worker
+        self.shared = shared
+        self.sockets = sockets or {}
         now = asyncio.get_running_loop().time()  # the clock the sessions feed the engine
         self.farms = {f.name: Serverfarm(f, now) for f in config.serverfarms}
+        self.real_index = {real: i for i, real in
+                           enumerate(r for farm in self.farms.values() for r in farm.reals)}
         self.vservers = [VserverRuntime(v) for v in config.vservers]
         self.sessions: set[ClientSession] = set()
         self.control: ControlServer | None = None
@@ -38,7 +49,7 @@ class Gateway:
     async def start(self) -> None:
         """Listen on every vserver in service; a vserver that cannot bind stops the start."""
         loop = asyncio.get_running_loop()
-        if self.config.gateway.control_socket:
+        if self.config.gateway.control_socket and self.worker == 0:
             self.control = ControlServer(self.config.gateway.control_socket, self.command,
                                          self.log)
             try:
@@ -52,24 +63,43 @@ class Gateway:
             if not vs.config.inservice:
                 self.log.info("vserver_out_of_service", vserver=vs.name)
                 continue
-            host, port = vs.config.virtual.host, vs.config.virtual.port
-            family = socket.AF_INET6 if vs.config.virtual.family_v6 else socket.AF_INET
             try:
-                vs.server = await loop.create_server(
-                    lambda vs=vs: ClientSession(self, vs), host, port, family=family,
-                    reuse_address=True, backlog=LISTEN_BACKLOG)
-            except OSError as exc:
+                sock = self.sockets.get(vs.name) or listen_socket(vs.config)
+            except OSError:
                 await self.stop()
-                raise OSError(exc.errno, f"vserver {vs.name}: cannot listen on "
-                              f"{vs.config.virtual}: {exc.strerror}") from None
+                raise
+            vs.server = await loop.create_server(lambda vs=vs: ClientSession(self, vs),
+                                                 sock=sock, backlog=LISTEN_BACKLOG)
             self.log.info("vserver_listening", vserver=vs.name, virtual=str(vs.config.virtual),
                           mode=vs.config.mode, serverfarm=vs.config.serverfarm)
 
-    def log_state_changes(self, farm: Serverfarm) -> None:
-        """Every state change of a real is logged once, by whoever drove the engine."""
+    def sync_peers(self, farm: Serverfarm) -> None:
+        """Before the engine picks: what the other workers hold of each real."""
+        if self.shared is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for real in farm.reals:
+            farm.observe_peers(real, *self.shared.peers(self.worker, self.real_index[real]), now)
+
+    def engine_changed(self, farm: Serverfarm) -> None:
+        """After the engine ran: log every state change once, publish this worker's counters."""
         for change in farm.drain_events():
             self.log.warning("real_state", farm=change.farm, real=change.real,
                              old=str(change.old), new=str(change.new), reason=change.reason)
+        if self.shared is None:
+            return
+        for real in farm.reals:
+            self.shared.publish(self.worker, self.real_index[real], Row(
+                load=real.active + real.pending, active=real.active, total=real.total,
+                failed_attempts=real.failed_attempts, reassigns=real.reassigns,
+                consecutive_failures=real.consecutive_failures,
+                failed_clients=len(real.failed_clients), failed_until=real.retry_at or 0.0))
+
+    def _counter(self, real: Real, field: str) -> int:
+        """A real's counter over every worker (the shared table), or this process's own."""
+        if self.shared is None:
+            return int(getattr(real, field))
+        return int(self.shared.total(self.real_index[real], field))
 
     def command(self, request: dict[str, Any]) -> dict[str, Any]:
         """A control socket request; `show` is all there is so far."""
@@ -78,7 +108,11 @@ class Gateway:
         return {"ok": False, "error": f"unknown command {request.get('command')!r}"}
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """The state of every vserver, farm and real as plain data (for show and --json)."""
+        """The state of every vserver, farm and real as plain data (for show and --json).
+
+        Counters are summed over the workers; vserver conns are this worker's."""
+        for farm in self.farms.values():
+            self.sync_peers(farm)
         conns: dict[str, int] = {}
         for session in self.sessions:
             conns[session.vserver.name] = conns.get(session.vserver.name, 0) + 1
@@ -94,9 +128,11 @@ class Gateway:
                 "name": farm.name, "predictor": farm.config.predictor, "nat": farm.config.nat,
                 "virtuals_inservice": len(users),
                 "reals": [{"address": real.name, "weight": real.config.weight,
-                           "state": str(farm.state(real, now)), "conns": real.active,
-                           "total": real.total, "failed_attempts": real.failed_attempts,
-                           "reassigns": real.reassigns,
+                           "state": str(farm.state(real, now)),
+                           "conns": self._counter(real, "active"),
+                           "total": self._counter(real, "total"),
+                           "failed_attempts": self._counter(real, "failed_attempts"),
+                           "reassigns": self._counter(real, "reassigns"),
                            "state_age": round(now - real.last_change, 3)}
                           for real in farm.reals],
             })
@@ -120,3 +156,24 @@ class Gateway:
             if not self.sessions:
                 break
             await asyncio.sleep(0.01)
+
+
+def listen_socket(vserver: VserverConfig, reuse_port: bool = False) -> socket.socket:
+    """The vserver's listening socket; with `reuse_port` one of several a worker each takes
+    (SO_REUSEPORT: the kernel spreads new connections over them)."""
+    family = socket.AF_INET6 if vserver.virtual.family_v6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((vserver.virtual.host, vserver.virtual.port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"vserver {vserver.name}: cannot listen on "
+                      f"{vserver.virtual}: {exc.strerror}") from None
+    return sock

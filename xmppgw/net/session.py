@@ -247,6 +247,7 @@ class ClientSession(asyncio.Protocol):
         self.transport.pause_reading()  # type: ignore[union-attr]
         self.paused_for_connect = True
         self.plan = ConnectPlan.for_farm(self.farm, self.client, self.loop.time())
+        self.gateway.sync_peers(self.farm)
         self._carry_out(self.plan.start(self.loop.time()))
 
     def _carry_out(self, actions: list[Action]) -> None:
@@ -264,7 +265,7 @@ class ClientSession(asyncio.Protocol):
             elif isinstance(action, GiveUp):
                 self._give_up(action.reason)
         if self.farm is not None:
-            self.gateway.log_state_changes(self.farm)
+            self.gateway.engine_changed(self.farm)
         self._arm_plan_timer()
 
     def _dial(self, attempt_id: int, real: Real) -> None:
@@ -331,6 +332,7 @@ class ClientSession(asyncio.Protocol):
     def _plan_timer_fired(self) -> None:
         self.plan_timer = None
         if self.plan is not None and not self.plan.done:
+            self.gateway.sync_peers(self.farm)  # type: ignore[arg-type]
             self._carry_out(self.plan.on_timer(self.loop.time()))
 
     def _log_attempt_failure(self, real: Real, reason: str) -> None:
@@ -356,6 +358,7 @@ class ClientSession(asyncio.Protocol):
             return
         leg.abort()
         self._log_attempt_failure(leg.real, reason)
+        self.gateway.sync_peers(self.farm)  # type: ignore[arg-type]
         self._carry_out(self.plan.on_failed(leg.attempt_id, self.loop.time(), reason))
 
     # --- upstream leg callbacks -------------------------------------------------------------
@@ -376,6 +379,7 @@ class ClientSession(asyncio.Protocol):
     def server_lost(self) -> None:
         if self.plan is not None:
             self.plan.on_closed(self.loop.time())
+            self.gateway.engine_changed(self.farm)  # type: ignore[arg-type]
         self.upstream = None
         if self.phase is not CLOSED:
             self.close()

@@ -117,6 +117,12 @@ class Real:
     drain_deadline: float | None = None
     last_change: float = 0.0
     history: deque[StateChange] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
+    # The other workers of the same gateway (workers > 1), as the I/O layer last read them
+    # from the shared table (`Serverfarm.observe_peers`); zero with one worker.
+    peer_load: int = 0
+    peer_consecutive_failures: int = 0
+    peer_failed_clients: int = 0
+    peer_failed_until: float = 0.0
 
     @property
     def name(self) -> str:
@@ -128,8 +134,9 @@ class Real:
 
     @property
     def load(self) -> int:
-        """What leastconns and maxconns count: owned connections plus attempts in flight."""
-        return self.active + self.pending
+        """What leastconns and maxconns count: owned connections plus attempts in flight,
+        over every worker of the gateway."""
+        return self.active + self.pending + self.peer_load
 
     def endpoint(self, vserver_port: int) -> tuple[str, int]:
         return self.config.address.with_port(vserver_port)
@@ -266,12 +273,14 @@ class Serverfarm:
         real.consecutive_failures += 1
         real.failed_clients.add(client_ip(client))
         numconns, numclients = real.config.faildetect.numconns, real.config.faildetect.numclients
-        if real.consecutive_failures >= numconns:
-            self._fail(real, now, f"faildetect numconns {numconns}: {real.consecutive_failures}"
+        consecutive = real.consecutive_failures + real.peer_consecutive_failures
+        clients = len(real.failed_clients) + real.peer_failed_clients
+        if consecutive >= numconns:
+            self._fail(real, now, f"faildetect numconns {numconns}: {consecutive}"
                        f" consecutive failed attempts, last: {reason}")
-        elif len(real.failed_clients) >= numclients:
+        elif clients >= numclients:
             self._fail(real, now, f"faildetect numclients {numclients}: failed attempts from"
-                       f" {len(real.failed_clients)} clients, last: {reason}")
+                       f" {clients} clients, last: {reason}")
 
     def abandoned(self, real: Real, now: float) -> None:
         """The attempt ended without a verdict (the client left, or a hedge won first)."""
@@ -299,6 +308,27 @@ class Serverfarm:
         real.consecutive_failures = 0
         real.failed_clients.clear()
         return self._sync(real, now, reason)
+
+    # --- the other workers ------------------------------------------------------------------
+
+    def observe_peers(self, real: Real, load: int, consecutive_failures: int,
+                      failed_clients: int, failed_until: float, now: float) -> None:
+        """What the other workers hold of `real`, read from the shared table.
+
+        Loads and faildetect counts add up over workers; a real another worker marked FAILED
+        is FAILED here too until that worker's retry elapses (then that worker tests it). A
+        newly seen peer failure spends this worker's partial counts as well, as `_fail` does
+        for its own.
+        """
+        if failed_until > real.peer_failed_until and failed_until > now:
+            real.consecutive_failures = 0
+            real.failed_clients.clear()
+        real.peer_load = load
+        real.peer_consecutive_failures = consecutive_failures
+        real.peer_failed_clients = failed_clients
+        real.peer_failed_until = failed_until
+        self._sync(real, now, "marked FAILED by another worker" if failed_until > now
+                   else "another worker's retry elapsed")
 
     # --- operator and probes ---------------------------------------------------------------
 
@@ -372,6 +402,8 @@ class Serverfarm:
             return RealState.PROBE_FAILED
         if real.retry_at is not None:
             return RealState.FAILED if now < real.retry_at else RealState.TESTING
+        if now < real.peer_failed_until:
+            return RealState.FAILED
         return RealState.OPERATIONAL
 
     def _sync(self, real: Real, now: float, reason: str | None = None) -> StateChange | None:
