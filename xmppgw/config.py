@@ -8,6 +8,7 @@ fixing a config at 3 a.m. should not have to guess which `[[serverfarm.real]]` i
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import tomllib
@@ -172,7 +173,16 @@ class Config:
             return True
         if domain is None:
             return False
-        return any(domain_matches(pattern, domain) for pattern in self.gateway.domains)
+        exact, suffixes = _domain_patterns(self.gateway.domains)
+        domain = domain.lower().rstrip(".")
+        return domain in exact or (bool(suffixes) and domain.endswith(suffixes))
+
+
+@functools.lru_cache(maxsize=64)
+def _domain_patterns(patterns: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Exact names as a set, `*.suffix` as ".suffix" strings: one lookup per stream header."""
+    exact = frozenset(p for p in patterns if not p.startswith("*."))
+    return exact, tuple(p[1:] for p in patterns if p.startswith("*."))
 
 
 def domain_matches(pattern: str, domain: str) -> bool:

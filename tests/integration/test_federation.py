@@ -40,6 +40,7 @@ async def test_messages_cross_both_ways(servers: Servers, xmpp_gateway: GatewayP
         alice.send_message(mto=pat_jid, mbody="hello from example.test", mtype="chat")
         assert await asyncio.wait_for(to_pat.get(), 60) == "hello from example.test"
 
+    xmpp_gateway.settle()
     s2s = [r for r in xmpp_gateway.records("connection") if r["vserver"] == "P5269"]
     s2s += _live_s2s(xmpp_gateway)
     to_cluster = [r for r in s2s if r["to"] == servers.ejabberd_domain]

@@ -105,9 +105,11 @@ def show(gw: GatewayProcess, *args: str) -> str:
 def test_leastconns_balances_over_both_workers(gateway: GatewayProcess,
                                               backends: list[EchoBackend]) -> None:
     before = [b.accepted for b in backends]
+    gateway.settle()
     mark = len(gateway.records("connected"))
     streams = [open_stream(5222) for _ in range(30)]
     try:
+        gateway.settle()
         opened = [b.accepted - n for b, n in zip(backends, before, strict=True)]
         workers = Counter(r["worker"] for r in gateway.records("connected")[mark:])
         assert set(workers) == {0, 1}, workers  # the kernel spread them over both
@@ -131,6 +133,7 @@ def test_faildetect_counts_are_gateway_wide(gateway: GatewayProcess) -> None:
     for _ in range(20):
         with open_stream(5223):
             pass
+    gateway.settle()
     failed = [r for r in gateway.records("real_attempt_failed") if r["real"] == DEAD]
     assert len(failed) == NUMCONNS, failed
     assert {r["worker"] for r in gateway.records("connected")} == {0, 1}

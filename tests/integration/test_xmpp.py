@@ -120,6 +120,7 @@ async def test_aioxmpp_logs_in_through_the_gateway(servers: Servers,
         aioxmpp.make_security_layer(servers.password, no_verify=True),
         override_peer=[(VIP, 5222, aioxmpp.connector.STARTTLSConnector())],
     )
+    xmpp_gateway.settle()
     seen = {r["client"] for r in xmpp_gateway.records("connected")}
     async with asyncio.timeout(30), client.connected():
         ping = aioxmpp.IQ(type_=aioxmpp.IQType.GET, to=aioxmpp.JID.fromstr("example.test"))

@@ -64,6 +64,10 @@ class GatewayProcess:
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
+    def settle(self) -> None:
+        """Let buffered info lines reach the log (xmppgw.log flushes them within 50 ms)."""
+        time.sleep(0.2)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

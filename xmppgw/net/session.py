@@ -22,6 +22,7 @@ from xmppgw.wire.errors import stream_error, stream_header
 from xmppgw.wire.stream import Opaque, ProtocolError, StartTLSTracker, StreamHeader
 
 if TYPE_CHECKING:
+    from xmppgw.config import Keepalive
     from xmppgw.net.gateway import Gateway, VserverRuntime
     from xmppgw.slb.farm import Real, Serverfarm
 
@@ -107,8 +108,7 @@ class ClientSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.client = _format_peer(peer)
-        apply_keepalive(transport.get_extra_info("socket"), self.gateway.config.gateway.keepalive)
+        self.client = _format_peer(peer)  # (keepalive: inherited from the listening socket)
         self.header_timer = self.loop.call_later(
             self.vserver.config.header_timeout, self._header_timed_out)
         self.gateway.sessions.add(self)
@@ -290,8 +290,6 @@ class ClientSession(asyncio.Protocol):
         self.upstream = leg
         self.phase = RELAYING
         self.buffer = None
-        apply_keepalive(leg.transport.get_extra_info("socket"),  # type: ignore[union-attr]
-                        self.gateway.config.gateway.keepalive)
         if self.gateway.config.gateway.log_connect:  # HAProxy's `option logasap`
             self.gateway.log.info("connected", client=self.client, vserver=self.vserver.name,
                                   kind=self.kind, to=self.domain, sni=self.sni,
@@ -360,6 +358,13 @@ class ClientSession(asyncio.Protocol):
         self._log_attempt_failure(leg.real, reason)
         self.gateway.sync_peers(self.farm)  # type: ignore[arg-type]
         self._carry_out(self.plan.on_failed(leg.attempt_id, self.loop.time(), reason))
+
+    def upstream_keepalive(self, keepalive: Keepalive) -> None:
+        """Called by the gateway's periodic sweep; once per upstream leg."""
+        leg = self.upstream
+        if leg is not None and not leg.keepalive and leg.transport is not None:
+            leg.keepalive = True
+            apply_keepalive(leg.transport.get_extra_info("socket"), keepalive)
 
     # --- upstream leg callbacks -------------------------------------------------------------
 
@@ -481,7 +486,7 @@ class UpstreamLeg(asyncio.Protocol):
     """One connection to a real: an attempt until the plan commits it, then the relay's
     upstream leg. Everything is handed to the session."""
 
-    __slots__ = ("attempt_id", "early", "real", "session", "task", "transport")
+    __slots__ = ("attempt_id", "early", "keepalive", "real", "session", "task", "transport")
 
     def __init__(self, session: ClientSession, attempt_id: int, real: Real) -> None:
         self.session = session
@@ -490,6 +495,7 @@ class UpstreamLeg(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.early: list[bytes] = []  # the real's first bytes, held until the commit
+        self.keepalive = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from xmppgw.config import Config
+from xmppgw.log import flush as flush_log
 from xmppgw.net.gateway import Gateway, listen_socket
 from xmppgw.net.shared import SharedTable
 
@@ -46,7 +47,8 @@ def bind_all(config: Config) -> list[dict[str, socket.socket]]:
         for vs in config.vservers:
             if vs.inservice:
                 for sockets in per_worker:
-                    sockets[vs.name] = listen_socket(vs, reuse_port=True)
+                    sockets[vs.name] = listen_socket(vs, config.gateway.keepalive,
+                                                     reuse_port=True)
     except OSError:
         for sockets in per_worker:
             for sock in sockets.values():
@@ -149,4 +151,5 @@ class Master:
             code = run_worker(self.config, self.log.bind(worker=worker), self.loop_factory,
                               worker, self.shared, self.sockets[worker])
         finally:
+            flush_log()
             os._exit(code)

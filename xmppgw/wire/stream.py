@@ -82,6 +82,20 @@ _EXPAT_CONDITIONS = {
 }
 
 
+def _restricted(what: str) -> Callable[..., None]:
+    def handler(*_args: object) -> None:
+        raise _Stop(ProtocolError("restricted-xml", f"{what} not allowed in XMPP (RFC 6120 §11.1)"))
+    return handler
+
+
+# Made once, not per parser: every connection builds two parsers.
+_comment = _restricted("comment")
+_processing_instruction = _restricted("processing instruction")
+_doctype = _restricted("DOCTYPE")
+_entity_declaration = _restricted("entity declaration")
+_entity_reference = _restricted("entity reference")
+
+
 class StreamReader:
     """Reads one direction of a stream: the header first, then top-level elements.
 
@@ -114,11 +128,11 @@ class StreamReader:
         parser.EndElementHandler = self._end
         parser.StartNamespaceDeclHandler = self._namespace
         parser.XmlDeclHandler = self._xml_decl
-        parser.CommentHandler = self._restricted("comment")
-        parser.ProcessingInstructionHandler = self._restricted("processing instruction")
-        parser.StartDoctypeDeclHandler = self._restricted("DOCTYPE")
-        parser.EntityDeclHandler = self._restricted("entity declaration")
-        parser.SkippedEntityHandler = self._restricted("entity reference")
+        parser.CommentHandler = _comment
+        parser.ProcessingInstructionHandler = _processing_instruction
+        parser.StartDoctypeDeclHandler = _doctype
+        parser.EntityDeclHandler = _entity_declaration
+        parser.SkippedEntityHandler = _entity_reference
         return parser
 
     @property
@@ -166,11 +180,6 @@ class StreamReader:
         self._parser = None  # type: ignore[assignment]  # frees expat's buffers
 
     # --- expat handlers -----------------------------------------------------------------
-
-    def _restricted(self, what: str) -> Callable[..., None]:
-        def handler(*_args: object) -> None:
-            raise _Stop(ProtocolError("restricted-xml", f"{what} not allowed in XMPP (RFC 6120 §11.1)"))
-        return handler
 
     def _xml_decl(self, version: str | None, encoding: str | None, standalone: int) -> None:
         if encoding is not None and encoding.lower() not in ("utf-8", "utf8"):
