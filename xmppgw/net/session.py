@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 ALPN_KINDS = {"xmpp-client": "c2s", "xmpp-server": "s2s"}  # XEP-0368 §3
 
+NO_BYTES: list[bytes] = []  # shared empty list for committed legs: never appended to
+
 # Phases of a session, in order.
 SNIFFING, CONNECTING, RELAYING, CLOSED = "sniffing", "connecting", "relaying", "closed"
 
@@ -266,6 +268,8 @@ class ClientSession(asyncio.Protocol):
                 self._give_up(action.reason)
         if self.farm is not None:
             self.gateway.engine_changed(self.farm)
+        if self.real is not None:
+            self.plan = None  # committed: the real owns the connection; free the attempts
         self._arm_plan_timer()
 
     def _dial(self, attempt_id: int, real: Real) -> None:
@@ -294,7 +298,7 @@ class ClientSession(asyncio.Protocol):
             self.gateway.log.info("connected", client=self.client, vserver=self.vserver.name,
                                   kind=self.kind, to=self.domain, sni=self.sni,
                                   farm=self.farm.name, real=real.name)  # type: ignore[union-attr]
-        early, leg.early = leg.early, []
+        early, leg.early = leg.early, NO_BYTES
         for data in early:
             self.from_server(data)
         if self.client_eof:
@@ -308,8 +312,8 @@ class ClientSession(asyncio.Protocol):
         if leg is None:
             return
         leg.abort()
-        attempt = self.plan.attempt(attempt_id)  # type: ignore[union-attr]
-        if attempt.reason is not None:  # a verdict, not a mere cancel: worth a line
+        attempt = self.plan.attempt(attempt_id) if self.plan is not None else None
+        if attempt is not None and attempt.reason is not None:  # a verdict: worth a line
             self._log_attempt_failure(leg.real, attempt.reason)
 
     def _give_up(self, reason: str) -> None:
@@ -382,9 +386,11 @@ class ClientSession(asyncio.Protocol):
         return True
 
     def server_lost(self) -> None:
-        if self.plan is not None:
-            self.plan.on_closed(self.loop.time())
-            self.gateway.engine_changed(self.farm)  # type: ignore[arg-type]
+        if self.real is not None and self.farm is not None:
+            # The plan reported the success (farm.connected) and was freed at the commit;
+            # the connection's end is reported here, once: server_lost runs once per leg.
+            self.farm.closed(self.real, self.loop.time())
+            self.gateway.engine_changed(self.farm)
         self.upstream = None
         if self.phase is not CLOSED:
             self.close()

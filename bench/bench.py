@@ -1,0 +1,800 @@
+"""xmppgw against HAProxy (TCP mode) and a direct connection, on loopback.
+
+    python3 bench/bench.py [--rounds 3] [--workers 1]     the figures (bash bench/run.sh)
+    python3 bench/bench.py profile [--seconds 10]          handshake profile (bench/profile.sh)
+
+Every figure is measured for every target in each round, the targets in a rotating order
+(A/B/C, B/C/A, ...), and the median over the rounds is reported. Results go to
+bench/results/latest.json and latest.md; every number comes from this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import BACKEND_HOST, HAPROXY_HOST, PORTS, RSS_HAPROXY_HOST, RSS_XMPPGW_HOST, XMPPGW_HOST
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results"
+PY = sys.executable
+
+BULK_SECONDS = 3.0
+HANDSHAKE_SECONDS = 4.0
+HANDSHAKE_CLIENTS = 32  # over HANDSHAKE_PROCS load processes
+HANDSHAKE_PROCS = 2
+LATENCY_COUNT = 20_000  # round trips per target and round
+RSS_STEPS = (1000, 4000, 9000)
+HOLDERS = 3  # 9k connections over 3 client processes: 3k fds each
+HAPROXY_MAXCONN = 9800  # 2 fds per connection: under the 20,000 fd limit
+QUIET_PCT = 10  # background CPU use (% of all CPUs) above which a run is flagged
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str  # direct, haproxy, xmppgw
+    host: str
+    proc: subprocess.Popen | None = None  # the proxy, for RSS and CPU
+
+    def addr(self, service: str) -> str:
+        return f"{self.host}:{PORTS[service]}"
+
+
+def wait_listening(host: str, port: int, proc: subprocess.Popen, what: str,
+                   timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} does not listen on {host}:{port}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], what: str, listen: list[tuple[str, int]], logfile: Path,
+            **kw) -> Iterator[subprocess.Popen]:
+    """A long-running process, stopped (TERM, then KILL) whatever happens."""
+    with open(logfile, "ab") as err:
+        proc = subprocess.Popen(cmd, stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=err,
+                                cwd=BENCH, **kw)
+    try:
+        try:
+            for host, port in listen:
+                wait_listening(host, port, proc, what)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; {logfile}:\n{logfile.read_text()[-2000:]}") from None
+        yield proc
+    finally:
+        stop(proc)
+
+
+def tree(pid: int) -> list[int]:
+    """pid and its descendants (a multi-process xmppgw counts as a whole)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and kernel CPU seconds of pid and its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            user, system = user + int(fields[11]), system + int(fields[12])
+    return user / tick, system / tick
+
+
+@contextlib.contextmanager
+def pinned(pids: list[int], cpus: set[int]) -> Iterator[None]:
+    """Every thread of these processes (and their children) on `cpus`, then back on all."""
+    def pin(to: set[int]) -> None:
+        for pid in pids:
+            for p in tree(pid):
+                for task in Path(f"/proc/{p}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(task.name), to)
+    everywhere = set(range(os.cpu_count() or 1))
+    pin(cpus)
+    try:
+        yield
+    finally:
+        pin(everywhere)
+
+
+def background_busy(seconds: float = 0.5) -> float:
+    """% of all CPUs busy while the benchmark itself is idle: anything else running on the
+    machine (other tests, builds) skews every figure, so each round records it."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+    busy0, total0 = sample()
+    time.sleep(seconds)
+    busy1, total1 = sample()
+    return 100 * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def run_json(args: list[str], timeout: float = 60, cpus: set[int] | None = None) -> Any:
+    """A client run: the last stdout line is its JSON result."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    done = subprocess.run([PY, str(BENCH / "clients.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=BENCH, preexec_fn=pin, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"clients.py {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- proxy configs ----------------------------------------------------------------------------
+
+
+def haproxy_config(host: str, threads: int, services: list[str]) -> str:
+    """TCP mode, one frontend/backend per service; a log line per connection, as xmppgw
+    writes one, so both do the same bookkeeping."""
+    out = [
+        "global",
+        f"    nbthread {threads}",
+        f"    maxconn {HAPROXY_MAXCONN}",
+        "    log stdout format raw local0",
+        "defaults",
+        "    mode tcp",
+        "    log global",
+        "    option tcplog",
+        f"    maxconn {HAPROXY_MAXCONN}",
+        "    timeout connect 5s",
+        "    timeout client 1h",
+        "    timeout server 1h",
+    ]
+    for svc in services:
+        out += [f"listen {svc}", f"    bind {host}:{PORTS[svc]} backlog 4096",
+                f"    server real {BACKEND_HOST}:{PORTS[svc]}"]
+    return "\n".join(out) + "\n"
+
+
+def xmppgw_config(host: str, workers: int | None, services: list[str]) -> str:
+    out = ["[gateway]", 'name = "gw.example.test"', 'domains = ["example.test"]',
+           'log_format = "json"']
+    if workers is not None:
+        out.append(f"workers = {workers}")
+    for svc in services:
+        out += ["", "[[vserver]]", f'name = "{svc}"', f'virtual = "{host}:{PORTS[svc]}"',
+                'mode = "starttls"', f'serverfarm = "{svc}"']
+    for svc in services:
+        out += ["", "[[serverfarm]]", f'name = "{svc}"', "[[serverfarm.real]]",
+                f'address = "{BACKEND_HOST}:{PORTS[svc]}"']
+    return "\n".join(out) + "\n"
+
+
+def workers_accepted(workdir: Path, workers: int) -> tuple[bool, str]:
+    """Does this xmppgw's config take `[gateway] workers`? `xmppgw check` decides."""
+    path = workdir / "workers-check.toml"
+    path.write_text(xmppgw_config(XMPPGW_HOST, workers, ["xmpp"]))
+    done = subprocess.run([PY, "-m", "xmppgw", "check", "-c", str(path)], capture_output=True,
+                          text=True, cwd=REPO, check=False)
+    return done.returncode == 0, (done.stderr or done.stdout).strip()
+
+
+@dataclass
+class Setup:
+    workdir: Path
+    workers: int  # xmppgw workers = HAProxy threads
+    workers_key: bool  # pass `workers` to xmppgw
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    backend_procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def log(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    def haproxy(self, host: str, services: list[str]) -> subprocess.Popen:
+        cfg = self.workdir / f"haproxy-{host}.cfg"
+        cfg.write_text(haproxy_config(host, self.workers, services))
+        return self.stack.enter_context(running(
+            ["haproxy", "-db", "-f", str(cfg)], "haproxy",
+            [(host, PORTS[s]) for s in services], self.log(f"haproxy-{host}")))
+
+    def xmppgw(self, host: str, services: list[str]) -> subprocess.Popen:
+        cfg = self.workdir / f"xmppgw-{host}.toml"
+        cfg.write_text(xmppgw_config(host, self.workers if self.workers_key else None, services))
+        return self.stack.enter_context(running(
+            [PY, "-m", "xmppgw", "run", "-c", str(cfg)], "xmppgw",
+            [(host, PORTS[s]) for s in services], self.log(f"xmppgw-{host}"), env=_repo_env()))
+
+    def backends(self, bulk: bool = True) -> None:
+        """The XMPP responder; with `bulk` also the bulk sink/source and iperf3 -s."""
+        xmpp, sink, source, iperf = ((BACKEND_HOST, PORTS[s])
+                                     for s in ("xmpp", "sink", "source", "iperf"))
+        commands = [([PY, str(BENCH / "backend.py"), "xmpp", _hp(xmpp)], "xmpp backend", [xmpp])]
+        if bulk:
+            commands += [
+                ([PY, str(BENCH / "backend.py"), "bulk", _hp(sink), _hp(source)], "bulk backend",
+                 [sink, source]),
+                (["iperf3", "-s", "-B", BACKEND_HOST, "-p", str(iperf[1])], "iperf3 -s", [iperf]),
+            ]
+        self.backend_procs = [
+            self.stack.enter_context(running(cmd, what, listen, self.log(what.replace(" ", "-"))))
+            for cmd, what, listen in commands]
+
+
+def _hp(addr: tuple[str, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _repo_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# --- the measurements: one function per figure, one target per call ---------------------------
+
+
+def measure_bulk(target: Target, direction: str) -> float:
+    """GB/s of stanza-like bytes over one stream, after a real stream header."""
+    service = "sink" if direction == "up" else "source"
+    return run_json(["bulk", target.addr(service), direction, str(BULK_SECONDS)])["GBps"]
+
+
+def measure_iperf(target: Target) -> float:
+    """iperf3 client->server GB/s (TCP proxies only: iperf3 sends no stream header)."""
+    done = subprocess.run(["iperf3", "-c", target.host, "-p", str(PORTS["iperf"]),
+                           "-B", "127.0.7.200", "-t", str(int(BULK_SECONDS)), "-J"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    report = json.loads(done.stdout)
+    if "error" in report:
+        raise RuntimeError(f"iperf3: {report['error']}")
+    return report["end"]["sum_received"]["bits_per_second"] / 8 / 1e9
+
+
+def measure_handshakes(target: Target, seconds: float = HANDSHAKE_SECONDS,
+                       at_start: Callable[[], None] | None = None) -> dict:
+    """Stream opens per second, HANDSHAKE_CLIENTS loops over HANDSHAKE_PROCS processes, and
+    the proxy's CPU use over the same window (`at_start` runs when the window opens)."""
+    start = time.time() + 1.0  # every process is up and warm by then
+    per_proc = HANDSHAKE_CLIENTS // HANDSHAKE_PROCS
+    procs = [subprocess.Popen([PY, str(BENCH / "clients.py"), "handshakes", target.addr("xmpp"),
+                               str(per_proc), str(i), str(start), str(seconds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH)
+             for i in range(HANDSHAKE_PROCS)]
+    try:
+        time.sleep(max(0.0, start - time.time()))
+        cpu0 = cpu_times(target.proc.pid) if target.proc else None
+        if at_start is not None:
+            at_start()
+        time.sleep(max(0.0, start + seconds - time.time()))
+        cpu1 = cpu_times(target.proc.pid) if target.proc else None
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=30)
+            if p.returncode != 0:
+                raise RuntimeError(f"handshake client failed:\n{err[-2000:]}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            stop(p)
+    ok = sum(r["ok"] for r in results)
+    failed = sum(r["bad"] + r["errors"] for r in results)
+    if failed:
+        log(f"    {target.name}: {failed} failed handshakes, e.g. "
+            f"{next((r['first_error'] for r in results if r['first_error']), 'a wrong answer')}")
+    out = {"rate": ok / seconds, "failed": failed}
+    if cpu0 is not None and cpu1 is not None:
+        user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        out.update(cpu_pct=100 * (user + system) / seconds, user_pct=100 * user / seconds,
+                   sys_pct=100 * system / seconds, per_cpu_second=ok / max(user + system, 1e-9))
+    return out
+
+
+def measure_latency(setup: Setup, targets: list[Target], one_cpu: bool) -> dict[str, dict]:
+    """p50/p99 of a 100-byte stanza round trip over one established stream per target; the
+    targets take turns round trip by round trip. `one_cpu`: client, backend and proxies all
+    on CPU 0, so no hop waits for another CPU to wake up; what is left is the work."""
+    args = ["latency", str(LATENCY_COUNT), *(t.addr("xmpp") for t in targets)]
+    if one_cpu:
+        procs = [p.pid for p in setup.backend_procs] + [t.proc.pid for t in targets if t.proc]
+        with pinned(procs, {0}):
+            results = run_json(args, cpus={0})
+    else:
+        results = run_json(args)
+    return {t.name: r for t, r in zip(targets, results)}
+
+
+def measure_rss(setup: Setup, kind: str) -> dict[int, float]:
+    """KiB of proxy RSS per idle proxied stream at each of RSS_STEPS, on a fresh proxy.
+    The streams are held by HOLDERS client processes (the fd limit), past STARTTLS."""
+    host = RSS_HAPROXY_HOST if kind == "haproxy" else RSS_XMPPGW_HOST
+    with contextlib.ExitStack() as stack:
+        sub = Setup(setup.workdir, setup.workers, setup.workers_key, stack)
+        proc = sub.haproxy(host, ["xmpp"]) if kind == "haproxy" else sub.xmppgw(host, ["xmpp"])
+        holders = [stack.enter_context(running(
+            [PY, str(BENCH / "clients.py"), "hold", f"{host}:{PORTS['xmpp']}", str(3 + i)],
+            "holder", [],
+            setup.log("holder"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            for i in range(HOLDERS)]
+
+        def hold(total: int) -> None:
+            shares = [total // HOLDERS + (i < total % HOLDERS) for i in range(HOLDERS)]
+            for h, n in zip(holders, shares):
+                h.stdin.write(f"hold {n}\n")
+                h.stdin.flush()
+            held = sum(json.loads(h.stdout.readline())["held"] for h in holders)
+            if held != total:
+                raise RuntimeError(f"{kind}: held {held} streams of {total}")
+
+        hold(30)  # warm the path once (lazy imports, first allocations), then let go
+        hold(0)
+        time.sleep(0.5)
+        before = rss_kib(proc.pid)
+        out = {}
+        for n in RSS_STEPS:
+            hold(n)
+            time.sleep(0.5)
+            out[n] = (rss_kib(proc.pid) - before) / n
+        for h in holders:
+            h.stdin.close()  # the holders close their streams and exit
+        for h in holders:
+            h.wait(10)
+    return out
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+FIGURES = [  # key, label (as printed), unit, lower is better
+    ("bulk_up", "bulk client->server, GB/s (own tool)", "GB/s", False),
+    ("bulk_down", "bulk server->client, GB/s (own tool)", "GB/s", False),
+    ("iperf3", "bulk client->server, GB/s (iperf3)", "GB/s", False),
+    ("handshakes", "stream opens/s, 32 clients", "1/s", False),
+    ("handshake_cpu", "proxy CPU during opens, % of a core", "%", True),
+    ("handshakes_per_cpu", "stream opens per proxy CPU-second", "1/CPU-s", False),
+    *[(f"{where}_{added}{q}", f"{'added ' if added else ''}{q} µs, 100 B stanza RTT, {label}",
+       "µs", True)
+      for where, label in (("free", "free sched."), ("cpu0", "one CPU"))
+      for added in ("", "added_") for q in ("p50", "p99")],
+    *[(f"rss_{n}", f"RSS KiB per idle stream, {n // 1000}k streams", "KiB", True)
+      for n in RSS_STEPS],
+    ("dns", "DNS answers/s (dnsperf, embedded DNS)", "1/s", False),
+]
+SKIPPED = {"dns": "not built yet"}
+NOT_APPLICABLE = {  # (figure, target): why there is no number
+    ("iperf3", "xmppgw"): "n/a (no header)",
+    **{(k, "direct"): "-" for k in
+       ("handshake_cpu", "handshakes_per_cpu", "free_added_p50", "free_added_p99",
+        "cpu0_added_p50", "cpu0_added_p99",
+        *[f"rss_{n}" for n in RSS_STEPS])},
+}
+TARGETS = ("direct", "haproxy", "xmppgw")
+
+
+def run_rounds(setup: Setup, rounds: int, quiet: list[float]) -> dict[str, dict[str, list[float]]]:
+    """Every figure for every target, `rounds` times; `quiet` gets the background CPU use
+    measured before each round."""
+    runs: dict[str, dict[str, list[float]]] = {k: {t: [] for t in TARGETS} for k, *_ in FIGURES}
+    setup.backends()
+    targets = [Target("direct", BACKEND_HOST),
+               Target("haproxy", HAPROXY_HOST,
+                      setup.haproxy(HAPROXY_HOST, ["xmpp", "sink", "source", "iperf"])),
+               Target("xmppgw", XMPPGW_HOST, setup.xmppgw(XMPPGW_HOST, ["xmpp", "sink", "source"]))]
+    run_json(["latency", "500", *(t.addr("xmpp") for t in targets)])  # warm every path
+
+    def record(key: str, target: Target, value: float) -> None:
+        runs[key][target.name].append(value)
+        log(f"    {key:<20} {target.name:<8} {value:,.3f}")
+
+    for r in range(rounds):
+        order = targets[r % 3:] + targets[:r % 3]
+        quiet.append(background_busy())
+        log(f"round {r + 1}/{rounds}: {' / '.join(t.name for t in order)} "
+            f"(background CPU use {quiet[-1]:.0f}%)")
+        for t in order:
+            record("bulk_up", t, measure_bulk(t, "up"))
+        for t in order:
+            record("bulk_down", t, measure_bulk(t, "down"))
+        for t in order:
+            if t.name != "xmppgw":
+                record("iperf3", t, measure_iperf(t))
+        for t in order:
+            hs = measure_handshakes(t)
+            record("handshakes", t, hs["rate"])
+            if "cpu_pct" in hs:
+                record("handshake_cpu", t, hs["cpu_pct"])
+                record("handshakes_per_cpu", t, hs["per_cpu_second"])
+        for where, one_cpu in (("free", False), ("cpu0", True)):
+            lat = measure_latency(setup, order, one_cpu)
+            for t in order:
+                for q in ("p50", "p99"):
+                    record(f"{where}_{q}", t, lat[t.name][f"{q}_us"])
+            for t in targets[1:]:  # paired with the direct figure of the same run
+                for q in ("p50", "p99"):
+                    record(f"{where}_added_{q}", t,
+                           lat[t.name][f"{q}_us"] - lat["direct"][f"{q}_us"])
+    for r in range(rounds):
+        quiet.append(background_busy())
+        log(f"memory round {r + 1}/{rounds} (background CPU use {quiet[-1]:.0f}%)")
+        for kind in (("haproxy", "xmppgw") if r % 2 == 0 else ("xmppgw", "haproxy")):
+            for n, kib in measure_rss(setup, kind).items():
+                record(f"rss_{n}", Target(kind, ""), kib)
+    return runs
+
+
+def summarize(runs: dict[str, dict[str, list[float]]]) -> dict:
+    figures = {}
+    for key, label, unit, lower in FIGURES:
+        row: dict = {"label": label, "unit": unit, "lower_is_better": lower, "runs": runs[key]}
+        for t in TARGETS:
+            row[t] = statistics.median(runs[key][t]) if runs[key][t] else None
+        if row["haproxy"] and row["xmppgw"] is not None:
+            row["ratio"] = row["xmppgw"] / row["haproxy"]
+        if key in SKIPPED:
+            row["skipped"] = SKIPPED[key]
+        figures[key] = row
+    return figures
+
+
+def goals(f: dict) -> list[dict]:
+    def g(text: str, met: bool, detail: str) -> dict:
+        return {"goal": text, "met": met, "detail": detail}
+    up, down, hs = f["bulk_up"]["ratio"], f["bulk_down"]["ratio"], f["handshakes"]["ratio"]
+    rss = [(n, f[f"rss_{n}"]) for n in RSS_STEPS]
+    free, cpu0 = f["free_added_p99"]["xmppgw"], f["cpu0_added_p99"]["xmppgw"]
+    return [
+        g("bulk throughput >= HAProxy's", up >= 1 and down >= 1,
+          f"x{up:.2f} client->server, x{down:.2f} server->client"),
+        g("stream opens/s >= 0.8x HAProxy's (same cores)", hs >= 0.8, f"x{hs:.2f}"),
+        g("RSS per idle stream <= HAProxy's", all(r["xmppgw"] <= r["haproxy"] for _, r in rss),
+          ", ".join(f"{n // 1000}k: {r['xmppgw']:.1f} vs {r['haproxy']:.1f} KiB" for n, r in rss)),
+        g("added p99 per small stanza < 150 µs", max(free, cpu0) < 150,
+          f"{free:.0f} µs free scheduling, {cpu0:.0f} µs all on one CPU"),
+    ]
+
+
+def _cell(f: dict, key: str, target: str) -> str:
+    if key in SKIPPED:
+        return SKIPPED[key] if target == "direct" else ""
+    if (key, target) in NOT_APPLICABLE:
+        return NOT_APPLICABLE[(key, target)]
+    v = f[key][target]
+    if v is None:
+        return "-"
+    return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def table(figures: dict) -> list[list[str]]:
+    rows = [["figure", "direct", "HAProxy", "xmppgw", "xmppgw/HAProxy"]]
+    for key, label, _, _ in FIGURES:
+        f = figures
+        ratio = f[key].get("ratio")
+        rows.append([label, *(_cell(f, key, t) for t in TARGETS),
+                     f"{ratio:.2f}" if ratio is not None else ""])
+    return rows
+
+
+def render_text(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * (len(rows[0]) - 1)]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import uvloop
+
+    def first_line(cmd: list[str]) -> str | None:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+        return out.splitlines()[0] if out else None
+
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "kernel": platform.release(),
+            "python": platform.python_version(), "uvloop": uvloop.__version__,
+            "haproxy": first_line(["haproxy", "-v"]), "iperf3": first_line(["iperf3", "--version"])}
+
+
+def source_version() -> dict:
+    """The xmppgw measured: the commit, and whether xmppgw/ differs from it (read-only git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, text=True,
+                              capture_output=True, check=False).stdout.strip()
+    return {"commit": git("rev-parse", "--short", "HEAD") or None,
+            "modified": bool(git("status", "--porcelain", "--", "xmppgw"))}
+
+
+def leftovers(workdir: Path) -> list[str]:
+    """Processes of this run still alive (should be none): whatever names the work dir,
+    bench/ or one of the benchmark's addresses, except this process and its parents."""
+    ours = {os.getpid()}
+    pid = os.getpid()
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        ours.add(pid)
+    marks = (str(workdir), str(BENCH), "127.0.7.", "127.0.8.")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in ours:
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                continue
+            if any(mark in cmd for mark in marks):
+                found.append(f"{entry.name}: {cmd}")
+    return found
+
+
+def main_bench(args: argparse.Namespace, workdir: Path) -> int:
+    RESULTS.mkdir(exist_ok=True)
+    accepted, message = workers_accepted(workdir, args.workers)
+    workers = args.workers if accepted else 1
+    note = (f"xmppgw takes `[gateway] workers = {workers}`; HAProxy nbthread {workers}"
+            if accepted else
+            f"xmppgw refuses `[gateway] workers` ({message.splitlines()[0] if message else '?'}):"
+            f" ran 1 xmppgw process and HAProxy nbthread 1")
+    log(note)
+    started = datetime.datetime.now(datetime.UTC)
+    quiet: list[float] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            setup = Setup(workdir, workers, accepted, stack)
+            runs = run_rounds(setup, args.rounds, quiet)
+    finally:
+        left = leftovers(workdir)
+    figures = summarize(runs)
+    result = {
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round((datetime.datetime.now(datetime.UTC) - started).total_seconds()),
+        "machine": machine(),
+        "xmppgw": source_version(),
+        "params": {"rounds": args.rounds, "workers": workers, "workers_note": note,
+                   "bulk_seconds": BULK_SECONDS, "handshake_seconds": HANDSHAKE_SECONDS,
+                   "handshake_clients": HANDSHAKE_CLIENTS, "handshake_processes": HANDSHAKE_PROCS,
+                   "latency_round_trips": LATENCY_COUNT, "rss_holder_processes": HOLDERS},
+        "figures": figures,
+        "goals": goals(figures),
+        "background_cpu_pct": [round(q, 1) for q in quiet],
+        "leftover_processes": left,
+    }
+    rows = table(figures)
+    m, v = result["machine"], result["xmppgw"]
+    header = (f"{result['date']}, xmppgw {v['commit']}{' (modified)' if v['modified'] else ''}, "
+              f"{m['nproc']} x {m['cpu_model']}, Linux {m['kernel']}, "
+              f"Python {m['python']}, {' '.join((m['haproxy'] or '?').split()[:3])}; {note}; "
+              f"median of {args.rounds} rounds")
+    goal_lines = [f"- {'met' if x['met'] else 'NOT met'}: {x['goal']} ({x['detail']})"
+                  for x in result["goals"]]
+    busiest = max(quiet)
+    goal_lines.append(
+        f"- WARNING: the machine was not idle (background CPU use up to {busiest:.0f}% before "
+        f"a round): the figures are skewed; run again" if busiest > QUIET_PCT else
+        f"- background CPU use before each round: {busiest:.0f}% at most (machine idle)")
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (RESULTS / "latest.md").write_text(f"{header}\n\n{render_markdown(rows)}\n\n"
+                                       + "\n".join(goal_lines) + "\n")
+    print(header)
+    print()
+    print(render_text(rows))
+    print()
+    print("\n".join(goal_lines))
+    print(f"\nleftover processes: {left or 'none'}")
+    print(f"results: {RESULTS / 'latest.json'}, {RESULTS / 'latest.md'}")
+    return 0 if not left else 1
+
+
+# --- profile ------------------------------------------------------------------------------------
+
+
+PYSPY_PASSES = [  # title, extra py-spy flags
+    ("Python frames (py-spy --function --nonblocking)", ["--nonblocking"]),
+    (("with native frames: uvloop, libc, the interpreter (py-spy --function --native; "
+      "the process is paused for each sample, so it runs a little slower)"), ["--native"]),
+]
+
+
+def main_profile(args: argparse.Namespace, workdir: Path) -> int:
+    """The stream-open load against xmppgw under py-spy, once for the Python frames and once
+    with native frames; cProfile if py-spy cannot attach."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "profile-handshake.txt"
+    seconds = args.seconds
+    sections = []
+    with contextlib.ExitStack() as stack:
+        setup = Setup(workdir, 1, False, stack)
+        setup.backends(bulk=False)
+        gw = setup.xmppgw(XMPPGW_HOST, ["xmpp"])
+        target = Target("xmppgw", XMPPGW_HOST, gw)
+        for title, flags in PYSPY_PASSES:
+            folded = workdir / "handshake.folded"
+            spy: list[subprocess.Popen] = []
+
+            def attach(spy=spy, flags=flags, folded=folded) -> None:  # as the load starts
+                spy.append(subprocess.Popen(
+                    ["py-spy", "record", "-p", str(gw.pid), "-d", str(int(seconds)), "-r", "200",
+                     "--function", *flags, "--format", "raw", "-o", str(folded)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+
+            try:
+                hs = measure_handshakes(target, seconds + 1, attach)
+            finally:
+                err = ""
+                for p in spy:
+                    _, err = p.communicate(timeout=seconds + 60)
+            if not (spy and spy[0].returncode == 0 and folded.exists()):
+                log(f"py-spy failed ({err.strip()[-300:]})")
+                break
+            sections.append(f"# {title}\n# {_load_line(hs)}\n\n"
+                            + folded_report(folded.read_text()))
+            folded.unlink()
+    if len(sections) < len(PYSPY_PASSES):
+        log("py-spy could not profile xmppgw here: falling back to cProfile")
+        sections = [cprofile_report(workdir, seconds)]
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    version = source_version()
+    text = (f"# xmppgw {version['commit']}{' (modified)' if version['modified'] else ''} under "
+            f"the stream-open load of bench.py ({HANDSHAKE_CLIENTS} clients, "
+            f"{HANDSHAKE_PROCS} processes, {seconds:g} s per pass), {now}\n"
+            f"# regenerate: bash bench/profile.sh\n\n" + "\n\n".join(sections))
+    out.write_text(text)
+    print(text)
+    left = leftovers(workdir)
+    print(f"leftover processes: {left or 'none'}\nprofile: {out}")
+    return 0 if not left else 1
+
+
+def _load_line(hs: dict) -> str:
+    return (f"{hs['rate']:,.0f} stream opens/s; xmppgw CPU {hs['cpu_pct']:.0f}% of a core "
+            f"({hs['user_pct']:.0f}% user, {hs['sys_pct']:.0f}% kernel)")
+
+
+ENTRY_POINTS = ("<frozen runpy>", "xmppgw/__main__.py", "xmppgw/cli.py", "xmppgw/net/workers.py",
+                "asyncio/runners.py")
+
+
+def folded_report(folded: str, top: int = 25) -> str:
+    """py-spy's collapsed stacks -> own time per function, where the hottest are called from
+    (the nearest Python frame: which xmppgw code makes that syscall), and total time per
+    Python function of the gateway (with its callees)."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    callers: dict[str, dict[str, int]] = {}
+    samples = 0
+    for line in folded.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        leaf = frames[-1]
+        own[leaf] = own.get(leaf, 0) + n
+        caller = next((f for f in reversed(frames[:-1]) if ".py:" in f), "?")
+        callers.setdefault(leaf, {})
+        callers[leaf][caller] = callers[leaf].get(caller, 0) + n
+        for frame in set(frames):
+            if ".py:" in frame and not any(e in frame for e in ENTRY_POINTS):
+                total[frame] = total.get(frame, 0) + n
+
+    def pct(n: int) -> str:
+        return f"{100 * n / samples:6.1f}%"
+
+    hottest = sorted(own.items(), key=lambda kv: -kv[1])
+    out = [f"{samples} samples (py-spy leaves out those where the thread waits idle)", "",
+           f"## top {top} by own time (the function itself, not its callees)"]
+    out += [f"{pct(n)}  {name}" for name, n in hottest[:top]]
+    out += ["", "## the 10 hottest, by nearest Python caller"]
+    for name, _ in hottest[:10]:
+        out.append(f"  {name}")
+        out += [f"  {pct(n)}    <- {caller}" for caller, n in
+                sorted(callers[name].items(), key=lambda kv: -kv[1])[:3]]
+    title = f"top {top} Python functions by total time (with their callees; entry points left out)"
+    out += ["", f"## {title}"]
+    out += [f"{pct(n)}  {name}" for name, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(out) + "\n"
+
+
+def cprofile_report(workdir: Path, seconds: float) -> str:
+    """Fallback: xmppgw run under cProfile for the same load."""
+    import io
+    import pstats
+    prof = workdir / "xmppgw.prof"
+    with contextlib.ExitStack() as stack:
+        setup = Setup(workdir, 1, False, stack)
+        setup.backends(bulk=False)
+        cfg = workdir / "xmppgw-prof.toml"
+        cfg.write_text(xmppgw_config(XMPPGW_HOST, None, ["xmpp"]))
+        gw = stack.enter_context(running(
+            [PY, "-m", "cProfile", "-o", str(prof), "-m", "xmppgw", "run", "-c", str(cfg)],
+            "xmppgw (cProfile)", [(XMPPGW_HOST, PORTS["xmpp"])], setup.log("xmppgw-prof"),
+            env=_repo_env()))
+        measure_handshakes(Target("xmppgw", XMPPGW_HOST, gw), seconds)
+    buf = io.StringIO()
+    buf.write("# cProfile (py-spy could not attach)\n")
+    pstats.Stats(str(prof), stream=buf).sort_stats("tottime").print_stats(30)
+    pstats.Stats(str(prof), stream=buf).sort_stats("cumulative").print_stats(30)
+    return buf.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="bench", choices=["bench", "profile"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="xmppgw workers and HAProxy threads (default 1)")
+    parser.add_argument("--seconds", type=float, default=10, help="profile: load duration")
+    args = parser.parse_args()
+    # a TERM (or ^C) unwinds through every finally: no process is left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix="xmppgw-bench-"))  # configs and logs of this run
+    try:
+        return (main_bench if args.command == "bench" else main_profile)(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Where xmppgw spends its time opening streams: the stream-open load of bench/run.sh against
+# xmppgw alone, under py-spy (Python frames, then native frames). Writes
+# bench/results/profile-handshake.txt. About 25 seconds.
+#
+#   bash bench/profile.sh [--seconds 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+"$PY" -c 'import uvloop, structlog, xmppgw' 2>/dev/null || "$PY" -m pip install -e '.[fast]'
+command -v py-spy >/dev/null || "$PY" -m pip install py-spy
+
+exec "$PY" bench/bench.py profile "$@"

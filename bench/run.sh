@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# xmppgw against HAProxy (TCP mode) and a direct connection, on loopback: bulk throughput,
+# stream opens/s, stanza round-trip latency, RSS per idle stream. About 3 minutes.
+#
+#   bash bench/run.sh [--rounds 3] [--workers 1]
+#
+# Installs what it needs (haproxy and iperf3 from apt, uvloop and xmppgw via pip), prints the
+# table and writes bench/results/latest.json and latest.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v iperf3 >/dev/null || need+=(iperf3)
+if ((${#need[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "${need[@]}" || { apt-get update && apt-get install -y "${need[@]}"; }
+fi
+"$PY" -c 'import uvloop, structlog, xmppgw' 2>/dev/null || "$PY" -m pip install -e '.[fast]'
+
+exec "$PY" bench/bench.py "$@"
