@@ -87,6 +87,7 @@ class GatewayConfig:
     log_format: str = "auto"
     log_connect: bool = False
     workers: int = 1
+    relay: str = "splice"
     keepalive: Keepalive = field(default_factory=Keepalive)
 
 
@@ -441,6 +442,7 @@ def _gateway(s: _Section) -> GatewayConfig:
         log_format=s.get("log_format", str, d.log_format, _one_of(LOG_FORMATS)),
         log_connect=s.get("log_connect", bool, d.log_connect),
         workers=s.get("workers", int, d.workers, _at_least(1)),
+        relay=s.get("relay", str, d.relay, _one_of(("splice", "copy"))),
         keepalive=keepalive,
     )
     s.done()

@@ -95,6 +95,31 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, echo) -> Iterator[GatewayP
     gw.stop()
 
 
+COPY_VIP = "127.0.6.3"
+
+
+def moved(address: str) -> str:
+    """CONFIG with its vservers on another address (the reals stay where they are)."""
+    return CONFIG.replace(f'virtual = "{VIP}:', f'virtual = "{address}:')
+
+
+@pytest.fixture(scope="module")
+def copy_gateway(tmp_path_factory: pytest.TempPathFactory, echo) -> Iterator[GatewayProcess]:
+    """The same, with the splice relay off: the Protocol copy relay must hold on its own."""
+    config = moved(COPY_VIP).replace("[gateway]\n", '[gateway]\nrelay = "copy"\n')
+    gw = GatewayProcess(config, tmp_path_factory.mktemp("transport-copy")).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(params=["splice", "copy"])
+def relay(request: pytest.FixtureRequest) -> tuple[str, str, GatewayProcess]:
+    """(relay, address, gateway) for the tests both relays must pass."""
+    if request.param == "splice":
+        return "splice", VIP, request.getfixturevalue("gateway")
+    return "copy", COPY_VIP, request.getfixturevalue("copy_gateway")
+
+
 def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Send data, read until the gateway closes; returns everything received."""
     with socket.create_connection((VIP, port), timeout=timeout) as sock:
@@ -237,14 +262,15 @@ def test_clienthello_is_replayed_exactly(gateway: GatewayProcess, echo) -> None:
 # --- the relay ---------------------------------------------------------------------------------
 
 
-def test_megabytes_both_ways_through_a_slow_reader(gateway: GatewayProcess) -> None:
+def test_megabytes_both_ways_through_a_slow_reader(relay: tuple[str, str, GatewayProcess]) -> None:
     """Byte-exact, and flow control holds: the gateway does not buffer what the reader won't take."""
+    mode, address, gateway = relay
     rng = random.Random(6120)
     payload = rng.randbytes(16 * 1024 * 1024)
     sent = header() + payload
     rss_before = gateway.rss_kib()
     peak = [rss_before]
-    with socket.create_connection((VIP, 5222), timeout=30) as sock:
+    with socket.create_connection((address, 5222), timeout=30) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         writer = threading.Thread(target=lambda: (sock.sendall(sent), sock.shutdown(socket.SHUT_WR)))
         writer.start()
@@ -264,13 +290,17 @@ def test_megabytes_both_ways_through_a_slow_reader(gateway: GatewayProcess) -> N
     record = gateway.wait_record(lambda r: r.get("bytes_from_client") == len(sent))
     assert record["bytes_to_client"] == len(sent)
     assert record["real"] == ECHO and record["error"] is None
+    assert record["spliced"] is (mode == "splice")  # the random bytes made it opaque at once
 
 
-def test_half_close_passes_through(gateway: GatewayProcess) -> None:
-    with socket.create_connection((VIP, 5222), timeout=5) as sock:
+def test_half_close_passes_through(relay: tuple[str, str, GatewayProcess]) -> None:
+    _, address, _ = relay
+    with socket.create_connection((address, 5222), timeout=5) as sock:
         sock.sendall(header() + b"<presence/>")
+        time.sleep(0.2)  # relayed (and, with splice, handed over) before the FIN
+        sock.sendall(b"<message>after the handover</message>")
         sock.shutdown(socket.SHUT_WR)  # the echo sees EOF only if the gateway passes the FIN on
-        assert read_to_eof(sock) == header() + b"<presence/>"
+        assert read_to_eof(sock) == header() + b"<presence/><message>after the handover</message>"
 
 
 def test_no_fd_leak_after_many_connections(gateway: GatewayProcess) -> None:
@@ -299,7 +329,7 @@ def test_no_fd_leak_after_many_connections(gateway: GatewayProcess) -> None:
 
 
 def test_sigterm_stops_cleanly(tmp_path: Path, echo) -> None:
-    config = CONFIG.replace(VIP, "127.0.6.2")
+    config = moved("127.0.6.2")
     gw = GatewayProcess(config, tmp_path).start()
     sent = header() + b"<presence/>"
     with socket.create_connection(("127.0.6.2", 5222), timeout=5) as sock:
@@ -307,6 +337,7 @@ def test_sigterm_stops_cleanly(tmp_path: Path, echo) -> None:
         echoed = b""
         while len(echoed) < len(sent):
             echoed += sock.recv(65536)
+        assert echoed == sent
         assert gw.stop() == 0
         assert read_to_eof(sock) == b""  # closed by the gateway, not left hanging
     assert "Traceback" not in gw.log_text()

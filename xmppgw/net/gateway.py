@@ -12,6 +12,8 @@ from xmppgw.control.server import ControlServer
 from xmppgw.net.session import ClientSession
 from xmppgw.net.shared import Row, SharedTable
 from xmppgw.net.sockopts import apply_keepalive
+from xmppgw.net.splice import AVAILABLE as SPLICE
+from xmppgw.net.splice import PipePool
 from xmppgw.slb.farm import Real, Serverfarm
 
 LISTEN_BACKLOG = 1024
@@ -48,6 +50,8 @@ class Gateway:
         self.sessions: set[ClientSession] = set()
         self.control: ControlServer | None = None
         self._sweep: asyncio.TimerHandle | None = None
+        # Zero-copy relay for opaque streams where the platform has os.splice.
+        self.pipes = PipePool() if config.gateway.relay == "splice" and SPLICE else None
 
     async def start(self) -> None:
         """Listen on every vserver in service; a vserver that cannot bind stops the start."""
@@ -175,6 +179,8 @@ class Gateway:
             if not self.sessions:
                 break
             await asyncio.sleep(0.01)
+        if self.pipes is not None:
+            self.pipes.close()
 
 
 def listen_socket(vserver: VserverConfig, keepalive: Keepalive,

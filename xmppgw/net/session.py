@@ -12,10 +12,13 @@ is full, so a slow peer never grows memory without bound.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 from xmppgw.net.sockopts import apply_keepalive
+from xmppgw.net.splice import SpliceRelay
 from xmppgw.slb.plan import Abort, Action, Commit, Connect, ConnectPlan, GiveUp, Replay
 from xmppgw.wire import clienthello as tls
 from xmppgw.wire.errors import stream_error, stream_header
@@ -31,13 +34,15 @@ ALPN_KINDS = {"xmpp-client": "c2s", "xmpp-server": "s2s"}  # XEP-0368 §3
 NO_BYTES: list[bytes] = []  # shared empty list for committed legs: never appended to
 
 # Phases of a session, in order.
-SNIFFING, CONNECTING, RELAYING, CLOSED = "sniffing", "connecting", "relaying", "closed"
+SNIFFING, CONNECTING, RELAYING, SPLICED, CLOSED = (
+    "sniffing", "connecting", "relaying", "spliced", "closed")
 
 
 class ClientSession(asyncio.Protocol):
     """The accepted client connection; owns the upstream leg and the connection record."""
 
     __slots__ = (
+        "_spliced_leg",
         "alpn",
         "buffer",
         "bytes_from_client",
@@ -59,7 +64,9 @@ class ClientSession(asyncio.Protocol):
         "plan",
         "plan_timer",
         "real",
+        "relay",
         "sni",
+        "splice_wanted",
         "started",
         "starttls",
         "tracker",
@@ -90,6 +97,9 @@ class ClientSession(asyncio.Protocol):
         self.plan: ConnectPlan | None = None
         self.plan_timer: asyncio.TimerHandle | None = None
         self.legs: dict[int, UpstreamLeg] = {}  # attempts in flight, by attempt id
+        self.relay: SpliceRelay | None = None  # the zero-copy relay, once handed over
+        self.splice_wanted = False
+        self._spliced_leg: UpstreamLeg | None = None
         self.kind: str | None = None
         self.domain: str | None = None
         self.farm: Serverfarm | None = None
@@ -133,6 +143,8 @@ class ClientSession(asyncio.Protocol):
                 if self.phase is not RELAYING:
                     return  # a policy violation closed the session: do not forward
             self.upstream.transport.write(data)  # type: ignore[union-attr]
+            if self.splice_wanted:
+                self._try_splice()
 
     def eof_received(self) -> bool:
         self.client_eof = True
@@ -145,6 +157,8 @@ class ClientSession(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay is not None:
+            return  # the transport let go after the handover: the splice relay owns the socket
         self.client_lost = True
         if self.phase is not CLOSED:
             self.close()
@@ -157,6 +171,8 @@ class ClientSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
+        if self.splice_wanted:
+            self._try_splice()
 
     # --- sniffing and routing -----------------------------------------------------------
 
@@ -221,6 +237,51 @@ class ClientSession(asyncio.Protocol):
     def _went_opaque(self, event: Opaque) -> None:
         self.starttls = event.starttls
         self.tracker = None  # relay opaquely from here on
+        self.splice_wanted = self.gateway.pipes is not None
+
+    def _try_splice(self) -> None:
+        """Hand both sockets to a zero-copy relay, at a moment no byte waits in user space.
+
+        Called when the stream goes opaque and again after writes and when a side drains,
+        until both write buffers are empty. A half-closed stream stays on the copy relay.
+        """
+        upstream = self.upstream
+        if self.phase is not RELAYING or self.tracker is not None or upstream is None:
+            return
+        client_t, upstream_t = self.transport, upstream.transport
+        if client_t.get_write_buffer_size() or upstream_t.get_write_buffer_size():  # type: ignore[union-attr]
+            return
+        self.splice_wanted = False
+        if self.client_eof or self.upstream_eof:
+            return
+        try:
+            client = _take_socket(client_t)  # type: ignore[arg-type]
+            try:
+                real = _take_socket(upstream_t)  # type: ignore[arg-type]
+            except OSError:
+                client.close()
+                raise
+        except OSError:
+            return  # stay on the copy relay
+        apply_keepalive(real, self.gateway.config.gateway.keepalive)  # a long-lived stream
+        self.phase = SPLICED
+        self.upstream = None
+        self.relay = SpliceRelay(self.loop, self.gateway.pipes, client, real,  # type: ignore[arg-type]
+                                 self._splice_ended)
+        self._spliced_leg = upstream
+        client_t.abort()  # the transports let go of their descriptors, not the sockets
+        upstream_t.abort()  # type: ignore[union-attr]
+        self.relay.start()
+
+    def _splice_ended(self, relay: SpliceRelay) -> None:
+        self.bytes_from_client += relay.up.moved
+        self.bytes_to_client += relay.down.moved
+        if self.real is not None and self.farm is not None:
+            self.farm.closed(self.real, self.loop.time())
+            self.gateway.engine_changed(self.farm)
+        self.phase = CLOSED
+        self.client_lost = True
+        self._finish_if_done()
 
     def _header_timed_out(self) -> None:
         self.header_timer = None
@@ -306,6 +367,8 @@ class ClientSession(asyncio.Protocol):
         elif self.paused_for_connect:
             self.paused_for_connect = False
             self.transport.resume_reading()  # type: ignore[union-attr]
+        if self.splice_wanted:
+            self._try_splice()
 
     def _abort_attempt(self, attempt_id: int) -> None:
         leg = self.legs.pop(attempt_id, None)
@@ -379,6 +442,8 @@ class ClientSession(asyncio.Protocol):
                 if isinstance(event, Opaque):
                     self._went_opaque(event)
         self.transport.write(data)  # type: ignore[union-attr]
+        if self.splice_wanted:
+            self._try_splice()
 
     def server_eof(self) -> bool:
         self.upstream_eof = True
@@ -450,6 +515,8 @@ class ClientSession(asyncio.Protocol):
         for leg in self.legs.values():
             leg.abort()
         self.legs.clear()
+        if self.relay is not None:
+            self.relay.close()  # reports the end through _splice_ended
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None and self.upstream.transport is not None:
@@ -479,6 +546,7 @@ class ClientSession(asyncio.Protocol):
                 sni=self.sni,
                 alpn=list(self.alpn) or None,
                 starttls=self.starttls,
+                spliced=self.relay is not None,
                 farm=self.farm.name if self.farm else None,
                 real=self.real.name if self.real else None,
                 bytes_from_client=self.bytes_from_client,
@@ -532,6 +600,8 @@ class UpstreamLeg(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.session.transport is not None and not self.session.paused_for_connect:
             self.session.transport.resume_reading()
+        if self.session.splice_wanted:
+            self.session._try_splice()
 
     def abort(self) -> None:
         """Drop this attempt: stop dialling, or reset the connection (nothing to flush)."""
@@ -546,3 +616,11 @@ def _format_peer(peer: Any) -> str:
         return "?"
     host, port = peer[0], peer[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _take_socket(transport: asyncio.Transport) -> socket.socket:
+    """A socket object of our own on the transport's connection (a dup'd descriptor)."""
+    fd = os.dup(transport.get_extra_info("socket").fileno())
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
