@@ -42,7 +42,6 @@ class ClientSession(asyncio.Protocol):
     """The accepted client connection; owns the upstream leg and the connection record."""
 
     __slots__ = (
-        "_spliced_leg",
         "alpn",
         "buffer",
         "bytes_from_client",
@@ -99,7 +98,6 @@ class ClientSession(asyncio.Protocol):
         self.legs: dict[int, UpstreamLeg] = {}  # attempts in flight, by attempt id
         self.relay: SpliceRelay | None = None  # the zero-copy relay, once handed over
         self.splice_wanted = False
-        self._spliced_leg: UpstreamLeg | None = None
         self.kind: str | None = None
         self.domain: str | None = None
         self.farm: Serverfarm | None = None
@@ -268,7 +266,6 @@ class ClientSession(asyncio.Protocol):
         self.upstream = None
         self.relay = SpliceRelay(self.loop, self.gateway.pipes, client, real,  # type: ignore[arg-type]
                                  self._splice_ended)
-        self._spliced_leg = upstream
         client_t.abort()  # the transports let go of their descriptors, not the sockets
         upstream_t.abort()  # type: ignore[union-attr]
         self.relay.start()
