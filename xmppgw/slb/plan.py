@@ -16,10 +16,11 @@ the actions each returns, in order:
 Then call `on_timer` at `deadline` (None: no timer needed).
 
 The plan reports every attempt's outcome to the farm exactly once: `connected` at the first
-response (then `closed`, via `on_closed`, or from the I/O layer itself once it has freed a
-committed plan, as the session does to keep idle connections small), `failed` (counts for faildetect), or `abandoned` (no
-verdict). A real that completes the handshake but never answers is thus a failure, not a
-success that would reset faildetect's counts.
+response, `failed` (counts for faildetect), or `abandoned` (no verdict). A committed
+connection's end is `closed`: via `on_closed`, or from the I/O layer itself once it has
+freed the plan (the session does, to keep idle connections small). A real that completes
+the handshake but never answers is thus a failure, not a success that would reset
+faildetect's counts.
 
 Reassign, the gateway's mapping of IOS `reassign N`. IOS [SLB-FC] "TCP Session
 Reassignment": "IOS SLB tracks each TCP SYN sent to a real server by a client attempting to
