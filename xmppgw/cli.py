@@ -70,6 +70,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 1
     data = reply["data"]
     if args.json:
+        if args.what == "reals":  # the snapshot holds reals per farm; show them as a list
+            data["reals"] = [{"serverfarm": farm["name"], **real}
+                             for farm in data["serverfarms"] for real in farm["reals"]]
         print(json.dumps(data[args.what], indent=2))
     elif args.what == "serverfarms":
         print(show.serverfarms_detail(data) if args.detail else show.serverfarms(data), end="")

@@ -13,7 +13,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,8 @@ KINDS = ("c2s", "s2s", "component")
 MODES = ("starttls", "directtls")
 PREDICTORS = ("roundrobin", "leastconns", "sourcehash")
 LOG_FORMATS = ("auto", "json", "console")
+PROBE_TYPES = ("tcp", "xmpp-stream", "xmpp-ping")
+PROBE_KINDS = ("c2s", "s2s")
 
 T = TypeVar("T")
 _REQUIRED: Any = object()
@@ -98,6 +100,48 @@ class Faildetect:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """One active health probe (`[[serverfarm.probe]]`, or `[[serverfarm.real.probe]]`).
+
+    The password is held here (read from `password_file` at load, so a missing secret is a
+    config error before start, not a probe failure at 3 a.m.) and kept out of every repr, so
+    no log line or traceback can carry it.
+    """
+
+    type: str
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    port: int | None = None
+    kind: str = "c2s"
+    domain: str | None = None
+    expect_starttls: bool = False
+    jid: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    persistent: bool = True
+    tls_verify: bool = True
+    tls_ca_file: str | None = None
+
+    def port_for(self, address: Address) -> int:
+        """The probe's own `port`, else the real's port, else the stream kind's well-known
+        port: 5269 for an s2s `xmpp-stream` probe, 5222 for everything else."""
+        if self.port is not None:
+            return self.port
+        if address.port is not None:
+            return address.port
+        return 5269 if self.type == "xmpp-stream" and self.kind == "s2s" else 5222
+
+    @property
+    def target_domain(self) -> str:
+        """The domain a stream is opened to and a ping is sent to: `domain`, else the jid's."""
+        if self.domain:
+            return self.domain
+        return (self.jid or "").rpartition("@")[2].partition("/")[0]
+
+
+@dataclass(frozen=True, slots=True)
 class RealConfig:
     address: Address
     weight: int = 8
@@ -107,6 +151,7 @@ class RealConfig:
     inservice: bool = True
     maxconns: int | None = None
     standby: bool = False
+    probes: tuple[ProbeConfig, ...] | None = None  # None: the farm's probes
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +164,12 @@ class ServerfarmConfig:
     response_timeout: float = 5.0
     slowstart: float = 30.0
     reals: tuple[RealConfig, ...] = ()
+    probes: tuple[ProbeConfig, ...] = ()
+
+    def probes_for(self, real: RealConfig) -> tuple[ProbeConfig, ...]:
+        """A real's own `[[serverfarm.real.probe]]` list replaces the farm's (`probe = []`
+        turns probing off for that real)."""
+        return self.probes if real.probes is None else real.probes
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +518,7 @@ def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
                                _not_negative),
         slowstart=s.get("slowstart", float, 30.0, _not_negative),
         reals=tuple(reals),
+        probes=_probes(s) or (),
     )
     s.done()
     _unique(s, "real", [str(r.address) for r in reals], "address")
@@ -492,9 +544,117 @@ def _real(s: _Section) -> RealConfig | None:
         inservice=s.get("inservice", bool, True),
         maxconns=s.get("maxconns", int, None, _at_least(1)),
         standby=s.get("standby", bool, False),
+        probes=_probes(s),
     )
     s.done()
     return real if real.address is not None else None
+
+
+_PROBE_ONLY = {  # keys that mean something for some probe types only
+    "kind": ("xmpp-stream",), "domain": ("xmpp-stream", "xmpp-ping"),
+    "expect_starttls": ("xmpp-stream",), "jid": ("xmpp-ping",), "password": ("xmpp-ping",),
+    "password_file": ("xmpp-ping",), "persistent": ("xmpp-ping",),
+    "tls_verify": ("xmpp-ping",), "tls_ca_file": ("xmpp-ping",),
+}
+_JID_RE = re.compile(r"^[^@/\s]+@[^@/\s]+(/.+)?$")
+
+
+def _probes(s: _Section) -> tuple[ProbeConfig, ...] | None:
+    """`[[...probe]]` tables; None when the key is absent (a real then takes the farm's)."""
+    if "probe" not in s.data:
+        s.used.add("probe")
+        return None
+    probes = (_probe(p) for p in s.tables("probe"))
+    return tuple(p for p in probes if p is not None)
+
+
+def _probe(s: _Section) -> ProbeConfig | None:
+    if not s.ok:
+        return None
+    d = ProbeConfig(type="tcp")
+    probe_type = s.get("type", str, _REQUIRED, _one_of(PROBE_TYPES))
+    probe = ProbeConfig(
+        type=probe_type,
+        interval=s.get("interval", float, d.interval, _positive),
+        timeout=s.get("timeout", float, d.timeout, _positive),
+        rise=s.get("rise", int, d.rise, _at_least(1)),
+        fall=s.get("fall", int, d.fall, _at_least(1)),
+        port=s.get("port", int, None, _port_check),
+        kind=s.get("kind", str, d.kind, _one_of(PROBE_KINDS)),
+        domain=s.get("domain", str, None, _domain_check),
+        expect_starttls=s.get("expect_starttls", bool, d.expect_starttls),
+        jid=s.get("jid", str, None, lambda v: None if _JID_RE.match(v) else
+                  f"{v!r} is not a jid of the form user@domain"),
+        password=_secret(s, "password"),
+        password_file=s.get("password_file", str, None),
+        persistent=s.get("persistent", bool, d.persistent),
+        tls_verify=s.get("tls_verify", bool, d.tls_verify),
+        tls_ca_file=s.get("tls_ca_file", str, None, _readable_file),
+    )
+    s.done()
+    if probe_type is None:
+        return None
+    for key, types in _PROBE_ONLY.items():
+        if key in s.data and probe_type not in types:
+            s.ctx.error(s.keypath + (key,), "applies only to type = "
+                        + " or ".join(f'"{t}"' for t in types))
+    if probe_type == "xmpp-stream" and "domain" not in s.data:
+        s.ctx.error(s.keypath + ("domain",), 'is required for type = "xmpp-stream"')
+    if probe_type == "xmpp-ping":
+        probe = _ping_secret(s, probe)
+    return probe
+
+
+def _ping_secret(s: _Section, probe: ProbeConfig) -> ProbeConfig:
+    """An xmpp-ping probe logs in: it needs a jid and exactly one of password/password_file.
+
+    The file is read now, one line, trailing newline dropped; its content never enters a
+    message (a file holding the password is the point of `password_file`)."""
+    if probe.jid is None and "jid" not in s.data:
+        s.ctx.error(s.keypath + ("jid",), 'is required for type = "xmpp-ping"')
+    if probe.password is not None and probe.password_file is not None:
+        s.ctx.error(s.keypath + ("password_file",), "give password or password_file, not both")
+        return probe
+    if probe.password_file is None:
+        if probe.password is None and "password" not in s.data:
+            s.ctx.error(s.keypath + ("password_file",),
+                        'is required for type = "xmpp-ping" (or give password)')
+        return probe
+    try:
+        text = Path(probe.password_file).read_text(encoding="utf-8")
+    except OSError as exc:
+        s.ctx.error(s.keypath + ("password_file",),
+                    f"cannot read {probe.password_file}: {exc.strerror}")
+        return probe
+    except UnicodeDecodeError:
+        s.ctx.error(s.keypath + ("password_file",), f"{probe.password_file} is not UTF-8 text")
+        return probe
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        s.ctx.error(s.keypath + ("password_file",), f"{probe.password_file} is empty")
+        return probe
+    return replace(probe, password=password)
+
+
+def _secret(s: _Section, key: str) -> str | None:
+    """Like `get(key, str)`, but a wrong value is never echoed: it may be a password."""
+    s.used.add(key)
+    value = s.data.get(key)
+    if value is not None and not isinstance(value, str):
+        s.ctx.error(s.keypath + (key,), f"must be a string, not {_type_name(value)}")
+        return None
+    return value
+
+
+def _port_check(value: int) -> str | None:
+    return None if 0 < value < 65536 else f"{value} is not a port (1-65535)"
+
+
+def _readable_file(value: str) -> str | None:
+    path = Path(value)
+    if not path.is_file():
+        return f"{value}: no such file"
+    return None
 
 
 def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:

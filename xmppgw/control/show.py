@@ -41,19 +41,44 @@ def serverfarms(snapshot: Snapshot) -> str:
 
 
 def reals(snapshot: Snapshot, detail: bool = False) -> str:
-    """`show ip slb reals [detail]`: one row per real, counters in detail."""
+    """`show ip slb reals [detail]`: one row per real, counters in detail.
+
+    With probes configured, detail adds a `probe` column (each probe's verdict and last
+    round trip) and, under the table, the last error of every probe whose last run failed:
+    a real going PROBE_FAILED should say why without a trip to the log."""
+    probed = detail and any(r.get("probes") for f in snapshot["serverfarms"]
+                            for r in f["reals"])
     head = ("real", "server farm", "weight", "state", "conns")
     if detail:
         head += ("total", "failed", "reassigns", "since")
+    if probed:
+        head += ("probe",)
     rows = [head]
+    errors = []
     for farm in snapshot["serverfarms"]:
         for r in farm["reals"]:
             row = (r["address"], farm["name"], str(r["weight"]), r["state"], str(r["conns"]))
             if detail:
                 row += (str(r["total"]), str(r["failed_attempts"]), str(r["reassigns"]),
                         f"{r['state_age']:.0f}s")
+            if probed:
+                row += (", ".join(_probe_cell(p) for p in r.get("probes", [])) or "-",)
+                errors += [f"{r['address']} ({farm['name']}) {p['type']}:{p['port']}: "
+                           f"{p['last_error']}" for p in r.get("probes", [])
+                           if p["last_result"] == "failed"]
             rows.append(row)
-    return _table(rows)
+    table = _table(rows)
+    if not errors:
+        return table
+    return table + "\nprobe errors:\n" + "".join(f"{line}\n" for line in errors)
+
+
+def _probe_cell(probe: dict[str, Any]) -> str:
+    """`xmpp-ping up 0.6ms`; `down` in capitals, as an operator scans for it."""
+    verdict = "up" if probe["verdict"] == "up" else "DOWN"
+    rtt = "" if probe["last_rtt"] is None or verdict != "up" else (
+        f" {probe['last_rtt'] * 1000:.1f}ms")
+    return f"{probe['type']} {verdict}{rtt}"
 
 
 def vservers(snapshot: Snapshot) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from xmppgw.config import Config, Keepalive, VserverConfig
 from xmppgw.control.server import ControlServer
+from xmppgw.health.runner import ProbeRunner
+from xmppgw.health.state import RealVerdict
 from xmppgw.net.session import ClientSession
 from xmppgw.net.shared import Row, SharedTable
 from xmppgw.net.sockopts import apply_keepalive
@@ -49,6 +52,7 @@ class Gateway:
         self.vservers = [VserverRuntime(v) for v in config.vservers]
         self.sessions: set[ClientSession] = set()
         self.control: ControlServer | None = None
+        self.health: ProbeRunner | None = None  # worker 0 only: reals are probed once
         self._sweep: asyncio.TimerHandle | None = None
         # Zero-copy relay for opaque streams where the platform has os.splice.
         self.pipes = PipePool() if config.gateway.relay == "splice" and SPLICE else None
@@ -81,6 +85,21 @@ class Gateway:
             self.log.info("vserver_listening", vserver=vs.name, virtual=str(vs.config.virtual),
                           mode=vs.config.mode, serverfarm=vs.config.serverfarm)
         self._sweep = loop.call_later(KEEPALIVE_SWEEP, self._keepalive_sweep)
+        if self.worker == 0:
+            self.health = ProbeRunner(self.config.serverfarms, self.log, self.probe_verdict)
+            if self.health:
+                self.health.start()
+            else:
+                self.health = None
+
+    def probe_verdict(self, verdict: RealVerdict) -> None:
+        """The probes changed their mind about a real: tell the engine, log the state
+        change, and publish it for the other workers."""
+        farm = self.farms[verdict.farm]
+        real = farm.find(verdict.real)
+        if real is not None:
+            farm.probe_result(real, verdict.ok, asyncio.get_running_loop().time())
+            self.engine_changed(farm)
 
     def _keepalive_sweep(self) -> None:
         """Upstream legs get keepalive once they have lived a sweep interval.
@@ -100,7 +119,12 @@ class Gateway:
             return
         now = asyncio.get_running_loop().time()
         for real in farm.reals:
-            farm.observe_peers(real, *self.shared.peers(self.worker, self.real_index[real]), now)
+            index = self.real_index[real]
+            farm.observe_peers(real, *self.shared.peers(self.worker, index), now)
+            if self.worker != 0:  # worker 0 runs the probes; the others take its verdict
+                failed = self.shared.probe_failed(index)
+                if failed is not real.probe_failed:
+                    farm.probe_result(real, not failed, now)
 
     def engine_changed(self, farm: Serverfarm) -> None:
         """After the engine ran: log every state change once, publish this worker's counters."""
@@ -114,7 +138,8 @@ class Gateway:
                 load=real.active + real.pending, active=real.active, total=real.total,
                 failed_attempts=real.failed_attempts, reassigns=real.reassigns,
                 consecutive_failures=real.consecutive_failures,
-                failed_clients=len(real.failed_clients), failed_until=real.retry_at or 0.0))
+                failed_clients=len(real.failed_clients), failed_until=real.retry_at or 0.0,
+                probe_failed=float(real.probe_failed)))
 
     def _counter(self, real: Real, field: str) -> int:
         """A real's counter over every worker (the shared table), or this process's own."""
@@ -134,6 +159,7 @@ class Gateway:
         Counters are summed over the workers; vserver conns are this worker's."""
         for farm in self.farms.values():
             self.sync_peers(farm)
+        wall = time.time()
         conns: dict[str, int] = {}
         for session in self.sessions:
             conns[session.vserver.name] = conns.get(session.vserver.name, 0) + 1
@@ -154,7 +180,9 @@ class Gateway:
                            "total": self._counter(real, "total"),
                            "failed_attempts": self._counter(real, "failed_attempts"),
                            "reassigns": self._counter(real, "reassigns"),
-                           "state_age": round(now - real.last_change, 3)}
+                           "state_age": round(now - real.last_change, 3),
+                           "probes": self.health.describe(farm.name, real.name, now, wall)
+                           if self.health is not None else []}
                           for real in farm.reals],
             })
         return {"vservers": vservers, "serverfarms": farms}
@@ -163,6 +191,9 @@ class Gateway:
         """Stop accepting, then close every live connection (both legs)."""
         if self._sweep is not None:
             self._sweep.cancel()
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
         if self.control is not None:
             await self.control.stop()
         for vs in self.vservers:

@@ -10,7 +10,8 @@ it needs.
 What each worker sees (README, "Workers"): the load of every real summed over all workers
 (leastconns and maxconns are global), faildetect counts summed over workers (a success
 resets only the counts of the worker that saw it), and a real FAILED by any worker is FAILED
-for all until that worker's retry elapses.
+for all until that worker's retry elapses. Active probes run in worker 0 alone; its row's
+`probe_failed` is their verdict, which the other workers apply.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import struct
 from typing import NamedTuple
 
 FIELDS = ("load", "active", "total", "failed_attempts", "reassigns", "consecutive_failures",
-          "failed_clients", "failed_until")
+          "failed_clients", "failed_until", "probe_failed")
 _WIDTH = len(FIELDS)
 _SLOT = {name: i for i, name in enumerate(FIELDS)}
 _ROW = struct.Struct(f"{_WIDTH}d")
@@ -35,6 +36,7 @@ class Row(NamedTuple):
     consecutive_failures: float = 0
     failed_clients: float = 0
     failed_until: float = 0.0
+    probe_failed: float = 0.0  # 1.0: the real is PROBE_FAILED; only worker 0's row counts
 
 
 class Peers(NamedTuple):
@@ -69,6 +71,11 @@ class SharedTable:
             failed_clients=int(sum(r.failed_clients for r in rows)),
             failed_until=max((r.failed_until for r in rows), default=0.0),
         )
+
+    def probe_failed(self, real: int) -> bool:
+        """The probes' verdict on a real: only worker 0 runs probes (once per gateway, not
+        once per worker), so its row is the one that says."""
+        return self.row(0, real).probe_failed > 0
 
     def total(self, real: int, field: str) -> float:
         i = _SLOT[field]

@@ -1,0 +1,190 @@
+"""`[[serverfarm.probe]]` and `[[serverfarm.real.probe]]`: the issue's form as written, the
+defaults, and each refusal word for word. The password never shows in a message or a repr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xmppgw import config
+from xmppgw.config import ConfigError, ProbeConfig
+
+HEAD = """\
+[[vserver]]
+name = "V"
+virtual = "127.0.0.1:5222"
+serverfarm = "F"
+
+[[serverfarm]]
+name = "F"
+"""
+REALS = """
+[[serverfarm.real]]
+address = "127.0.0.2"
+
+[[serverfarm.real]]
+address = "127.0.0.3:5333"
+"""
+
+ISSUE_FORM = """
+[[serverfarm.probe]]
+type = "xmpp-ping"          # tcp | xmpp-stream | xmpp-ping
+interval = 2
+timeout = 2
+rise = 2
+fall = 2
+domain = "example.test"
+jid = "probe@example.test"
+password_file = "{secret}"
+"""
+
+
+def probes_of(text: str) -> tuple[ProbeConfig, ...]:
+    return config.loads(text, "test.toml").serverfarms[0].probes
+
+
+def refused(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, "test.toml")
+    return info.value.problems
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "probe.secret"
+    path.write_text("s3cret-pw\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_the_issues_form_works_as_written(secret: Path) -> None:
+    [probe] = probes_of(HEAD + ISSUE_FORM.format(secret=secret) + REALS)
+    assert (probe.type, probe.interval, probe.timeout, probe.rise, probe.fall) == (
+        "xmpp-ping", 2.0, 2.0, 2, 2)
+    assert (probe.domain, probe.jid, probe.target_domain) == (
+        "example.test", "probe@example.test", "example.test")
+    assert probe.password == "s3cret-pw"  # one line, the newline dropped
+    assert (probe.persistent, probe.tls_verify, probe.tls_ca_file) == (True, True, None)
+
+
+def test_defaults_and_the_ports_they_give() -> None:
+    cfg = config.loads(HEAD + '[[serverfarm.probe]]\ntype = "xmpp-stream"\n'
+                       'domain = "example.test"\nkind = "s2s"\n' + REALS)
+    farm = cfg.serverfarms[0]
+    [probe] = farm.probes
+    assert (probe.interval, probe.timeout, probe.rise, probe.fall) == (5.0, 2.0, 2, 3)
+    assert (probe.kind, probe.expect_starttls, probe.port) == ("s2s", False, None)
+    assert [probe.port_for(r.address) for r in farm.reals] == [5269, 5333]
+
+
+def test_a_real_may_replace_the_farms_probes_or_have_none() -> None:
+    text = HEAD + '[[serverfarm.probe]]\ntype = "tcp"\n' + """
+[[serverfarm.real]]
+address = "127.0.0.2"
+
+[[serverfarm.real]]
+address = "127.0.0.3"
+[[serverfarm.real.probe]]
+type = "xmpp-stream"
+domain = "pr.test"
+port = 5322
+
+[[serverfarm.real]]
+address = "127.0.0.4"
+probe = []
+"""
+    farm = config.loads(text).serverfarms[0]
+    assert [[(p.type, p.port) for p in farm.probes_for(r)] for r in farm.reals] == [
+        [("tcp", None)], [("xmpp-stream", 5322)], []]
+
+
+def test_no_probes_is_the_default() -> None:
+    farm = config.loads(HEAD + REALS).serverfarms[0]
+    assert farm.probes == ()
+    assert all(r.probes is None and farm.probes_for(r) == () for r in farm.reals)
+
+
+def test_refusals_name_line_and_key() -> None:
+    text = HEAD + """
+[[serverfarm.probe]]
+type = "http"
+
+[[serverfarm.probe]]
+type = "xmpp-stream"
+fall = 0
+port = 70000
+
+[[serverfarm.probe]]
+type = "xmpp-ping"
+jid = "probe"
+persistent = "yes"
+
+[[serverfarm.probe]]
+type = "tcp"
+domain = "example.test"
+kind = "s2s"
+""" + REALS
+    assert refused(text) == [
+        "test.toml:10: serverfarm[0].probe[0].type: must be one of tcp, xmpp-stream, xmpp-ping",
+        "test.toml:14: serverfarm[0].probe[1].fall: must be at least 1",
+        "test.toml:15: serverfarm[0].probe[1].port: 70000 is not a port (1-65535)",
+        "test.toml:12: serverfarm[0].probe[1].domain: is required for type = \"xmpp-stream\"",
+        "test.toml:19: serverfarm[0].probe[2].jid: 'probe' is not a jid of the form user@domain",
+        ("test.toml:20: serverfarm[0].probe[2].persistent: must be true or false, "
+         "not a string ('yes')"),
+        ("test.toml:17: serverfarm[0].probe[2].password_file: is required for "
+         "type = \"xmpp-ping\" (or give password)"),
+        "test.toml:25: serverfarm[0].probe[3].kind: applies only to type = \"xmpp-stream\"",
+        ("test.toml:24: serverfarm[0].probe[3].domain: applies only to type = \"xmpp-stream\" "
+         "or \"xmpp-ping\""),
+    ]
+
+
+def test_unknown_probe_key_lists_the_known_ones() -> None:
+    [problem] = refused(HEAD + '[[serverfarm.probe]]\ntype = "tcp"\nintervall = 2\n' + REALS)
+    assert problem.startswith("test.toml:10: serverfarm[0].probe[0].intervall: unknown key")
+    assert "interval" in problem and "password_file" in problem
+
+
+def test_a_real_probe_is_checked_like_a_farm_probe() -> None:
+    text = HEAD + REALS + '[[serverfarm.real.probe]]\ntype = "xmpp-stream"\n'
+    assert refused(text) == [
+        ("test.toml:14: serverfarm[0].real[1].probe[0].domain: is required for "
+         "type = \"xmpp-stream\"")]
+
+
+def test_password_sources(tmp_path: Path, secret: Path) -> None:
+    ping = HEAD + '[[serverfarm.probe]]\ntype = "xmpp-ping"\njid = "probe@example.test"\n'
+    both = ping + f'password = "x"\npassword_file = "{secret}"\n' + REALS
+    assert refused(both) == [
+        ("test.toml:12: serverfarm[0].probe[0].password_file: give password or password_file, "
+         "not both")]
+    missing = tmp_path / "nope.secret"
+    assert refused(ping + f'password_file = "{missing}"\n' + REALS) == [
+        (f"test.toml:11: serverfarm[0].probe[0].password_file: cannot read {missing}: "
+         "No such file or directory")]
+    empty = tmp_path / "empty.secret"
+    empty.write_text("\n")
+    assert refused(ping + f'password_file = "{empty}"\n' + REALS) == [
+        f"test.toml:11: serverfarm[0].probe[0].password_file: {empty} is empty"]
+    [inline] = probes_of(ping + 'password = "inline-pw"\n' + REALS)
+    assert inline.password == "inline-pw"
+
+
+def test_the_password_never_shows(secret: Path) -> None:
+    [probe] = probes_of(HEAD + ISSUE_FORM.format(secret=secret) + REALS)
+    assert "s3cret-pw" not in repr(probe)
+    assert "s3cret-pw" not in repr(config.loads(HEAD + ISSUE_FORM.format(secret=secret) + REALS))
+    ping = HEAD + '[[serverfarm.probe]]\ntype = "xmpp-ping"\njid = "probe@example.test"\n'
+    [problem] = refused(ping + "password = 8675309\n" + REALS)
+    assert problem == ("test.toml:11: serverfarm[0].probe[0].password: must be a string, "
+                       "not an integer")
+    assert "8675309" not in problem
+
+
+def test_tls_ca_file_must_exist(tmp_path: Path) -> None:
+    text = HEAD + ('[[serverfarm.probe]]\ntype = "xmpp-ping"\njid = "probe@example.test"\n'
+                   f'password = "x"\ntls_ca_file = "{tmp_path}/ca.pem"\n') + REALS
+    assert refused(text) == [
+        f"test.toml:12: serverfarm[0].probe[0].tls_ca_file: {tmp_path}/ca.pem: no such file"]
