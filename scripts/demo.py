@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.client import xmpp_session
+from tests.harness.fixtures import make_base_dir
 from tests.harness.servers import Servers
 from tests.support.gateway import GatewayProcess
 
@@ -44,7 +44,7 @@ async def log_in_everyone(servers: Servers, gateway: GatewayProcess) -> None:
 
 
 def main() -> int:
-    base = Path(tempfile.mkdtemp(prefix="xmppgw-demo-"))
+    base = make_base_dir()  # traversable by the ejabberd and prosody users
     say(f"starting a 3-node ejabberd cluster and Prosody under {base} ...")
     began = time.monotonic()
     with Servers(base) as servers:
