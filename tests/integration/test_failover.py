@@ -15,7 +15,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -82,14 +81,6 @@ def gateway(servers: Servers, control_dir: Path,
                         tmp_path_factory.mktemp("failover")).start()
     yield gw
     gw.stop()
-
-
-def show(gw: GatewayProcess, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "xmppgw", "show", *args, "-c",
-                             str(gw.config_path)], capture_output=True, text=True, timeout=30,
-                            check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 async def login(servers: Servers, user: str) -> float:
@@ -179,13 +170,13 @@ async def test_killed_node_is_failed_after_exactly_numconns(servers: Servers,
         # numclients cannot trip first: every test client is 127.0.0.1, one client
         assert len(failed) - failures_before == NUMCONNS
         assert {r["reason"] for r in failed[failures_before:]} == {"Connection refused"}
-        detail = show(gateway, "serverfarms", "detail").splitlines()
+        detail = gateway.show("serverfarms", "detail").splitlines()
         assert detail[0] == "CLUSTER predictor = ROUNDROBIN, nat = SERVER, interface(s) = <none>"
         assert detail[1] == "virtuals inservice: 1, reals = 3, bind id = 0"
         assert detail[2] == "Real servers:"
         assert re.fullmatch(rf"{re.escape(dead)}, weight = 8, FAILED, conns = 0", detail[3 + index])
         assert re.fullmatch(r"Total connections = \d+", detail[6])
-        reals = show(gateway, "reals", "detail")
+        reals = gateway.show("reals", "detail")
         assert re.search(rf"{re.escape(dead)}\s+CLUSTER\s+8\s+FAILED\s+0\s+\d+\s+{NUMCONNS}\b",
                          reals), reals
     finally:
@@ -246,4 +237,4 @@ def test_control_socket_refuses_other_users(gateway: GatewayProcess, control_dir
         assert as_nobody(sock) == '{"ok": false, "error": "permission denied"}'
     finally:
         sock.chmod(0o600)
-    assert "CLUSTER" in show(gateway, "serverfarms")
+    assert "CLUSTER" in gateway.show("serverfarms")

@@ -15,8 +15,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -163,19 +161,11 @@ def gateway(servers: Servers, secrets_dir: Path,
 
 
 def show_json(gw: GatewayProcess) -> list[dict[str, Any]]:
-    result = subprocess.run([sys.executable, "-m", "xmppgw", "show", "reals", "detail", "--json",
-                             "-c", str(gw.config_path)], capture_output=True, text=True,
-                            timeout=30, check=False)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(gw.show("reals", "detail", "--json"))
 
 
 def show_text(gw: GatewayProcess) -> str:
-    result = subprocess.run([sys.executable, "-m", "xmppgw", "show", "reals", "detail", "-c",
-                             str(gw.config_path)], capture_output=True, text=True, timeout=30,
-                            check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return gw.show("reals", "detail")
 
 
 def real_in(reals: list[dict[str, Any]], farm: str, address: str) -> dict[str, Any]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -94,14 +92,6 @@ def open_stream(port: int) -> socket.socket:
     return sock
 
 
-def show(gw: GatewayProcess, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "xmppgw", "show", *args, "-c",
-                             str(gw.config_path)], capture_output=True, text=True, timeout=30,
-                            check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def test_leastconns_balances_over_both_workers(gateway: GatewayProcess,
                                               backends: list[EchoBackend]) -> None:
     before = [b.accepted for b in backends]
@@ -114,7 +104,7 @@ def test_leastconns_balances_over_both_workers(gateway: GatewayProcess,
         workers = Counter(r["worker"] for r in gateway.records("connected")[mark:])
         assert set(workers) == {0, 1}, workers  # the kernel spread them over both
         assert opened == [10, 10, 10], (opened, workers)
-        lines = show(gateway, "serverfarms", "detail").splitlines()
+        lines = gateway.show("serverfarms", "detail").splitlines()
         block = lines[lines.index("BALANCE predictor = LEASTCONNS, nat = SERVER, "
                                   "interface(s) = <none>"):]
         assert block[3:6] == [f"{a}, weight = 8, OPERATIONAL, conns = 10" for a in BACKENDS]

@@ -64,6 +64,14 @@ class GatewayProcess:
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
+    def show(self, *args: str) -> str:
+        """`xmppgw show ARGS -c <this gateway's config>`, as an operator types it."""
+        result = subprocess.run([sys.executable, "-m", "xmppgw", "show", *args, "-c",
+                                 str(self.config_path)], capture_output=True, text=True,
+                                timeout=30, check=False, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
     def settle(self) -> None:
         """Let buffered info lines reach the log (xmppgw.log flushes them within 50 ms)."""
         time.sleep(0.2)
