@@ -15,6 +15,15 @@ from xmppgw.net import splice
 pytestmark = pytest.mark.skipif(not splice.AVAILABLE, reason="no os.splice on this platform")
 
 
+def pairs() -> tuple[socket.socket, ...]:
+    """A client and a real, each a socketpair: (client, relay's end, real, relay's end)."""
+    client_outer, client_inner = socket.socketpair()
+    real_outer, real_inner = socket.socketpair()
+    for s in (client_outer, client_inner, real_outer, real_inner):
+        s.setblocking(False)
+    return client_outer, client_inner, real_outer, real_inner
+
+
 def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -36,10 +45,7 @@ async def test_bytes_flow_both_ways_and_pipes_are_pooled() -> None:
     loop = asyncio.get_running_loop()
     before = fds()
     pool = splice.PipePool()
-    client_outer, client_inner = socket.socketpair()
-    real_outer, real_inner = socket.socketpair()
-    for s in (client_outer, client_inner, real_outer, real_inner):
-        s.setblocking(False)
+    client_outer, client_inner, real_outer, real_inner = pairs()
     ended = asyncio.Event()
     relay = splice.SpliceRelay(loop, pool, client_inner, real_inner, lambda _r: ended.set())
     relay.start()
@@ -74,10 +80,7 @@ async def test_close_while_bytes_are_stuck_closes_that_pipe() -> None:
     loop = asyncio.get_running_loop()
     before = fds()
     pool = splice.PipePool()
-    client_outer, client_inner = socket.socketpair()
-    real_outer, real_inner = socket.socketpair()
-    for s in (client_outer, client_inner, real_outer, real_inner):
-        s.setblocking(False)
+    client_outer, client_inner, real_outer, real_inner = pairs()
     relay = splice.SpliceRelay(loop, pool, client_inner, real_inner, lambda _r: None)
     relay.start()
     # the real never reads: the socket buffers fill, then bytes stay stuck in a pipe
