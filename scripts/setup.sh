@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(ejabberd prosody lua-unbound dnsutils nftables iproute2 openssl procps
-              python3 python3-venv python3-pip)
+APT_PACKAGES=(ejabberd prosody lua-unbound dnsutils bind9 bind9-utils dnsperf nftables
+              iproute2 openssl procps python3 python3-venv python3-pip)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,8 +20,8 @@ if ((${#missing[@]})); then
 fi
 
 # The packaged services would listen on 0.0.0.0:5222/5269 and collide with the loopback
-# addresses the tests and the demo use; the tests start their own instances instead.
-for svc in ejabberd prosody; do
+# addresses the tests and the demo use (named: port 53); the tests start their own instances.
+for svc in ejabberd prosody named; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
         echo "setup: stopping and disabling the system $svc service (the tests run their own)"
         systemctl disable --now "$svc" >/dev/null 2>&1 || true

@@ -23,6 +23,9 @@ PREDICTORS = ("roundrobin", "leastconns", "sourcehash")
 LOG_FORMATS = ("auto", "json", "console")
 PROBE_TYPES = ("tcp", "xmpp-stream", "xmpp-ping")
 PROBE_KINDS = ("c2s", "s2s")
+PROXY_VERSIONS = ("v1", "v2")
+SRV_SERVICES = ("_xmpp-client._tcp", "_xmpps-client._tcp", "_xmpp-server._tcp",
+                "_xmpps-server._tcp")
 
 T = TypeVar("T")
 _REQUIRED: Any = object()
@@ -91,6 +94,9 @@ class GatewayConfig:
     workers: int = 1
     relay: str = "splice"
     keepalive: Keepalive = field(default_factory=Keepalive)
+    shutdown_timeout: float = 10.0
+    control_group: str | None = None
+    metrics: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +171,7 @@ class ServerfarmConfig:
     slowstart: float = 30.0
     reals: tuple[RealConfig, ...] = ()
     probes: tuple[ProbeConfig, ...] = ()
+    proxy_protocol: str | None = None  # "v1" | "v2": a PROXY header to reals and probes
 
     def probes_for(self, real: RealConfig) -> tuple[ProbeConfig, ...]:
         """A real's own `[[serverfarm.real.probe]]` list replaces the farm's (`probe = []`
@@ -188,6 +195,25 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-vserver admission limits (IOS `synguard` and `maxconns`, HAProxy's stick tables).
+
+    A connection counts from accept, before its header arrives, so half-open attempts and
+    slow headers use up the allowance as well."""
+
+    maxconns: int | None = None          # concurrent connections, all sources together
+    maxconns_per_ip: int | None = None   # concurrent connections from one source address
+    rate_per_ip: float | None = None     # new connections per second from one source (refill)
+    burst_per_ip: int | None = None      # bucket size; None: max(1, 2 * rate_per_ip)
+
+    @property
+    def burst(self) -> int:
+        if self.burst_per_ip is not None:
+            return self.burst_per_ip
+        return max(1, round(2 * (self.rate_per_ip or 0)))
+
+
+@dataclass(frozen=True, slots=True)
 class VserverConfig:
     name: str
     virtual: Address
@@ -200,6 +226,9 @@ class VserverConfig:
     header_timeout: float = 10.0
     max_header_bytes: int = 4096
     max_hello_bytes: int = 16384
+    accept_proxy: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    srv: tuple[str, ...] | None = None  # SRV services published for it; None: from kinds/port
 
     def farm_for(self, kind: str | None, domain: str | None) -> str | None:
         """First matching route wins, then the default farm; None means no farm serves it."""
@@ -210,11 +239,45 @@ class VserverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SrvUpdate:
+    """RFC 2136 updates to a primary the operator runs (BIND, Knot, PowerDNS)."""
+
+    server: Address                 # the primary; port 53 unless given
+    key_file: str | None = None     # a `tsig-keygen` key file (key "name" { algorithm; secret; })
+    coalesce: float = 1.0           # changes within this window go out as one update
+    retry_min: float = 1.0          # backoff when the primary does not answer ...
+    retry_max: float = 60.0         # ... doubling up to this
+
+
+@dataclass(frozen=True, slots=True)
+class SrvConfig:
+    """`[srv]`: the SRV records published from live health (embedded server and/or RFC 2136).
+
+    Names are absolute, lower case, without the trailing dot."""
+
+    zones: tuple[str, ...]
+    listen: Address | None = None          # the embedded authoritative server (UDP and TCP)
+    ttl: int = 30
+    target: str = "xmpp"                   # the gateway's host: a label under each zone, or a
+                                           # full name ending in "."
+    addresses: tuple[str, ...] = ()        # its A/AAAA; empty: the vservers' virtual addresses
+    gateway_priority: int = 10
+    publish_reals: bool = True             # reals in service as lower-priority fallbacks
+    real_priority: int = 20
+    real_hosts: tuple[tuple[str, str], ...] = ()  # (real address, host name); default
+                                                  # real-<address with dashes>.<zone>
+    ns: tuple[str, ...] = ()               # NS names at the apex; default ns.<zone> (the
+                                           # embedded server's listen address as its A)
+    update: SrvUpdate | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     gateway: GatewayConfig
     vservers: tuple[VserverConfig, ...]
     serverfarms: tuple[ServerfarmConfig, ...]
+    srv: SrvConfig | None = None
 
     def farm(self, name: str) -> ServerfarmConfig:
         return next(f for f in self.serverfarms if f.name == name)
@@ -460,6 +523,7 @@ def _build(ctx: _Context, data: dict[str, Any]) -> Config:
     gateway = _gateway(top.sub("gateway"))
     farms = [_serverfarm(s, gateway) for s in top.tables("serverfarm")]
     vservers = [_vserver(s, gateway) for s in top.tables("vserver")]
+    srv = _srv(top.sub("srv"), gateway) if "srv" in top.data else None
     top.done()
     _cross_check(ctx, vservers, farms)
     return Config(
@@ -467,6 +531,7 @@ def _build(ctx: _Context, data: dict[str, Any]) -> Config:
         gateway=gateway,
         vservers=tuple(v for v in vservers if v is not None),
         serverfarms=tuple(f for f in farms if f is not None),
+        srv=srv,
     )
 
 
@@ -495,9 +560,22 @@ def _gateway(s: _Section) -> GatewayConfig:
         workers=s.get("workers", int, d.workers, _at_least(1)),
         relay=s.get("relay", str, d.relay, _one_of(("splice", "copy"))),
         keepalive=keepalive,
+        shutdown_timeout=s.get("shutdown_timeout", float, d.shutdown_timeout, _not_negative),
+        control_group=s.get("control_group", str, None, _group_check),
+        metrics=_address(s, "metrics", need_port=True) if "metrics" in s.data else None,
     )
     s.done()
     return gateway
+
+
+def _group_check(value: str) -> str | None:
+    import grp
+
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        return f"no group named {value!r} on this machine"
+    return None
 
 
 def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
@@ -519,6 +597,7 @@ def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
         slowstart=s.get("slowstart", float, 30.0, _not_negative),
         reals=tuple(reals),
         probes=_probes(s) or (),
+        proxy_protocol=s.get("proxy_protocol", str, None, _one_of(PROXY_VERSIONS)),
     )
     s.done()
     _unique(s, "real", [str(r.address) for r in reals], "address")
@@ -686,6 +765,9 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
         header_timeout=s.get("header_timeout", float, gateway.header_timeout, _positive),
         max_header_bytes=s.get("max_header_bytes", int, gateway.max_header_bytes, _at_least(256)),
         max_hello_bytes=s.get("max_hello_bytes", int, gateway.max_hello_bytes, _at_least(512)),
+        accept_proxy=_networks(s, "accept_proxy"),
+        limits=_limits(s.sub("limits")),
+        srv=_srv_services(s),
     )
     s.done()
     if vserver.serverfarm is None and not routes:
@@ -693,6 +775,118 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
     if vserver.require_starttls and vserver.mode != "starttls":
         s.ctx.error(s.keypath + ("require_starttls",), 'only applies to mode = "starttls"')
     return vserver if vserver.virtual is not None else None
+
+
+def _networks(s: _Section, key: str) -> tuple[Any, ...]:
+    """`["10.0.0.0/8", "::1"]`: the sources a PROXY header is believed from."""
+    networks = []
+    for i, text in enumerate(s.get(key, list, [], _strings)):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            s.ctx.error(s.keypath + (key, i), f"{text!r} is not an address or network")
+    return tuple(networks)
+
+
+def _limits(s: _Section) -> Limits:
+    limits = Limits(
+        maxconns=s.get("maxconns", int, None, _at_least(1)),
+        maxconns_per_ip=s.get("maxconns_per_ip", int, None, _at_least(1)),
+        rate_per_ip=s.get("rate_per_ip", float, None, _positive),
+        burst_per_ip=s.get("burst_per_ip", int, None, _at_least(1)),
+    )
+    s.done()
+    if limits.burst_per_ip is not None and limits.rate_per_ip is None:
+        s.ctx.error(s.keypath + ("burst_per_ip",), "needs rate_per_ip")
+    return limits
+
+
+def _srv_services(s: _Section) -> tuple[str, ...] | None:
+    if "srv" not in s.data:
+        s.used.add("srv")
+        return None
+    value = s.get("srv", list, [], lambda v: _strings(v) or next(
+        (f"unknown service {x!r} (known: {', '.join(SRV_SERVICES)})"
+         for x in v if x not in SRV_SERVICES), None))
+    return tuple(value)
+
+
+def _fqdn(value: str) -> str | None:
+    return _domain_check(value.rstrip(".")) if value != "." else "must be a host name"
+
+
+def _srv(s: _Section, gateway: GatewayConfig) -> SrvConfig | None:
+    if not s.ok:
+        return None
+    default_zones = [d for d in gateway.domains if not d.startswith("*.")]
+    zones = [z.lower().rstrip(".") for z in s.get("zones", list, default_zones, _domains)]
+    if not zones:
+        s.ctx.error(s.keypath + ("zones",), "is required when gateway.domains names no domain")
+    hosts = s.sub("real_hosts")
+    real_hosts = []
+    for address, name in hosts.data.items():
+        hosts.used.add(address)
+        try:
+            parsed = parse_address(address, need_port=False)
+        except ValueError as exc:
+            hosts.ctx.error(hosts.keypath + (address,), str(exc))
+            continue
+        if not isinstance(name, str) or _fqdn(name):
+            hosts.ctx.error(hosts.keypath + (address,), "must be a host name")
+            continue
+        real_hosts.append((parsed.host, name.lower()))
+    d = SrvConfig(zones=())
+    update = None
+    if "update" in s.data:
+        u = s.sub("update")
+        server = _address(u, "server", need_port=False)
+        update = SrvUpdate(
+            server=Address(server.host, server.port or 53) if server else Address("0.0.0.0", 53),
+            key_file=u.get("key_file", str, None, _readable_file),
+            coalesce=u.get("coalesce", float, 1.0, _not_negative),
+            retry_min=u.get("retry_min", float, 1.0, _positive),
+            retry_max=u.get("retry_max", float, 60.0, _positive),
+        )
+        u.done()
+    else:
+        s.used.add("update")
+    srv = SrvConfig(
+        zones=tuple(zones),
+        listen=_address(s, "listen", need_port=True) if "listen" in s.data else None,
+        ttl=s.get("ttl", int, d.ttl, _at_least(0)),
+        target=s.get("target", str, d.target, _fqdn).lower(),
+        addresses=tuple(_ip_list(s, "addresses")),
+        gateway_priority=s.get("gateway_priority", int, d.gateway_priority, _uint16),
+        publish_reals=s.get("publish_reals", bool, d.publish_reals),
+        real_priority=s.get("real_priority", int, d.real_priority, _uint16),
+        real_hosts=tuple(real_hosts),
+        ns=tuple(n.lower().rstrip(".") for n in s.get("ns", list, [], lambda v: _strings(v) or next(
+            (p for p in map(_fqdn, v) if p), None))),
+        update=update,
+    )
+    s.done()
+    if srv.real_priority <= srv.gateway_priority and srv.publish_reals:
+        s.ctx.error(s.keypath + ("real_priority",),
+                    f"must be greater than gateway_priority ({srv.gateway_priority}): "
+                    "clients try the lowest number first, and that should be the gateway")
+    if srv.listen is None and srv.update is None:
+        s.ctx.error(s.keypath, "give `listen` (embedded DNS server), [srv.update] (RFC 2136) "
+                    "or both")
+    return srv
+
+
+def _uint16(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be 0-65535"
+
+
+def _ip_list(s: _Section, key: str) -> list[str]:
+    out = []
+    for i, text in enumerate(s.get(key, list, [], _strings)):
+        try:
+            out.append(str(ipaddress.ip_address(text)))
+        except ValueError:
+            s.ctx.error(s.keypath + (key, i), f"{text!r} is not an IPv4 or IPv6 address")
+    return out
 
 
 def _unique(s: _Section, table: str, values: list[str], key: str) -> None:
