@@ -18,14 +18,43 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-c", "--config", required=True, help="TOML config file")
     check = sub.add_parser("check", help="validate a config file; exit 0 if good, 1 if not")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
+    check.add_argument("--reach", action="store_true",
+                       help="also connect to every real on every port its vservers use")
+    check.add_argument("--timeout", type=float, default=None,
+                       help="seconds per --reach connect (default: the farm's connect_timeout)")
+    ios = sub.add_parser("import-ios", help="print a Cisco IOS `ip slb` config as xmppgw TOML")
+    ios.add_argument("file", help="an IOS running-config, or - for standard input")
+    ios.add_argument("--domain", action="append", default=[],
+                     help="a domain served, for gateway.domains (repeatable)")
+    ios.add_argument("--control-socket", default=None,
+                     help="gateway.control_socket (default /run/xmppgw/xmppgw.sock)")
+    ios.add_argument("-o", "--output", help="write the TOML to this file, not standard output")
     show = sub.add_parser("show", help="show vservers, serverfarms or reals of a running gateway")
-    show.add_argument("what", choices=["vservers", "serverfarms", "reals"])
+    show.add_argument("what", choices=["vservers", "serverfarms", "reals", "conns"])
     show.add_argument("detail", nargs="?", choices=["detail"], help="IOS's detail form")
     show.add_argument("-c", "--config", required=True, help="the running gateway's config")
     show.add_argument("--json", action="store_true", help="the same data as JSON")
+    for what, name_help in (("real", "the real's address as `show reals` prints it"),
+                            ("vserver", "the vserver's name")):
+        admin = sub.add_parser(what, help=f"take a {what} in or out of service (IOS "
+                               "`inservice` / `no inservice`) in a running gateway")
+        if what == "real":
+            admin.add_argument("farm", help="the serverfarm")
+        admin.add_argument("name", help=name_help)
+        admin.add_argument("action", choices=["inservice", "no-inservice"])
+        admin.add_argument("--drain", type=float, metavar="SECONDS",
+                           help="with no-inservice: close what is still open after SECONDS")
+        admin.add_argument("-c", "--config", required=True, help="the running gateway's config")
+    reload = sub.add_parser("reload", help="make a running gateway re-read its config "
+                            "(as SIGHUP does); a bad file is refused and the old one runs on")
+    reload.add_argument("-c", "--config", required=True, help="the running gateway's config")
+    zone = sub.add_parser("zone", help="print the SRV records as zone-file text")
+    zone.add_argument("-c", "--config", required=True, help="TOML config file with [srv]")
     args = parser.parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "run": cmd_run, "check": cmd_check, "show": cmd_show}
+        "run": cmd_run, "check": cmd_check, "show": cmd_show, "zone": cmd_zone}
+    commands["import-ios"] = cmd_import_ios
+    commands.update(real=cmd_real, vserver=cmd_vserver, reload=cmd_reload)
     return commands[args.command](args)
 
 
@@ -45,28 +74,190 @@ def cmd_check(args: argparse.Namespace) -> int:
     reals = sum(len(f.reals) for f in config.serverfarms)
     print(f"{args.config}: OK: {len(config.vservers)} vservers, "
           f"{len(config.serverfarms)} serverfarms, {reals} reals")
+    return _check_reach(config, args.timeout) if args.reach else 0
+
+
+def _check_reach(config: configmod.Config, timeout: float | None) -> int:
+    """`check --reach`: one TCP connect per (farm, real, port) that traffic would take.
+
+    The seed's warning: a vserver whose service the reals do not run sends every
+    connection to a closed port, and faildetect then marks the whole farm FAILED. This
+    finds that before the gateway does. A real or vserver out of service is still tried
+    (the spare should be ready), but its failure does not change the exit status.
+    """
+    import asyncio
+
+    targets = reach_targets(config)
+    timeouts = [timeout or config.farm(t[0]).connect_timeout for t in targets]
+    results = asyncio.run(_reach_all(targets, timeouts))
+    failed = 0
+    for target, error in zip(targets, results):
+        if error is None:
+            continue
+        farm, host, port, vservers, counted = target
+        note = "" if counted else " (not in service: not counted)"
+        failed += counted
+        print(f"reach: serverfarm {farm}, real {host}, port {port}: {error} "
+              f"(vserver {', '.join(vservers)}){note}", file=sys.stderr)
+    answered = sum(1 for r in results if r is None)
+    print(f"{config.path}: reach: {answered} of {len(targets)} (serverfarm, real, port) "
+          "answered")
+    if failed:
+        print("reach: a vserver whose port its reals do not serve has every connection fail, "
+              "and faildetect then marks the whole farm FAILED: start the service on the "
+              "reals, or remove the vserver", file=sys.stderr)
+    return 1 if failed else 0
+
+
+ReachTarget = tuple[str, str, int, tuple[str, ...], bool]  # farm, host, port, vservers, counted
+
+
+def reach_targets(config: configmod.Config) -> list[ReachTarget]:
+    """Every (farm, real, port) a vserver can send a connection to, with the vservers that
+    would, and whether it counts (vserver and real both in service), in config order."""
+    seen: dict[tuple[str, str, int], tuple[list[str], bool]] = {}
+    for vserver in config.vservers:
+        farms = [vserver.serverfarm, *(route.serverfarm for route in vserver.routes)]
+        for name in dict.fromkeys(f for f in farms if f is not None):
+            for real in config.farm(name).reals:
+                host, port = real.address.with_port(vserver.virtual.port)
+                names, counted = seen.get((name, host, port), ([], False))
+                names.append(vserver.name)
+                seen[(name, host, port)] = (names, counted or (vserver.inservice
+                                                               and real.inservice))
+    return [(farm, host, port, tuple(dict.fromkeys(names)), counted)
+            for (farm, host, port), (names, counted) in seen.items()]
+
+
+async def _reach_all(targets: list[ReachTarget], timeouts: list[float]) -> list[str | None]:
+    """All connects at once: the whole check takes one timeout, not one per real."""
+    import asyncio
+
+    return list(await asyncio.gather(*(_reach_one(t[1], t[2], limit)
+                                       for t, limit in zip(targets, timeouts))))
+
+
+async def _reach_one(host: str, port: int, limit: float) -> str | None:
+    """None if a TCP handshake completes within `limit` seconds, else why not."""
+    import asyncio
+    import os
+
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit)
+    except TimeoutError:
+        return f"no answer within {limit:g} s"
+    except OSError as exc:  # asyncio words it "Connect call failed (...)": say what errno says
+        return os.strerror(exc.errno) if exc.errno else str(exc)
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return None
+
+
+def cmd_import_ios(args: argparse.Namespace) -> int:
+    """Print an IOS running-config's `ip slb` blocks as xmppgw TOML; report, on stderr,
+    every command that was not imported, and refuse output that would not load."""
+    from pathlib import Path
+
+    from xmppgw.ios import DEFAULT_CONTROL_SOCKET, import_ios
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(
+            encoding="utf-8", errors="replace")
+    except OSError as exc:
+        print(f"{args.file}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    result = import_ios(text, domains=args.domain,
+                        control_socket=args.control_socket or DEFAULT_CONTROL_SOCKET)
+    for finding in result.findings:
+        print(finding, file=sys.stderr)
+    print(result.summary(args.file), file=sys.stderr)
+    if not result.blocks:
+        print(f"{args.file}: no `ip slb serverfarm` or `ip slb vserver` block found",
+              file=sys.stderr)
+        return 1
+    try:
+        configmod.loads(result.toml, args.output or "<imported>")
+    except configmod.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(result.toml)
+    else:
+        print(result.toml, end="")
+    return 0
+
+
+def _control(config_path: str, payload: dict[str, object]) -> dict | None:
+    """One request to the running gateway named by a config file; None (said why) if it
+    cannot be made or the gateway refused it."""
+    from xmppgw.control.server import request
+
+    config = _load(config_path)
+    if config is None:
+        return None
+    path = config.gateway.control_socket
+    if not path:
+        print(f"{config_path}: gateway.control_socket is not set", file=sys.stderr)
+        return None
+    try:
+        reply = request(path, payload, timeout=30.0)
+    except OSError as exc:
+        print(f"xmppgw: cannot reach the gateway at {path}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return None
+    if not reply.get("ok"):
+        print(f"xmppgw: {reply.get('error')}", file=sys.stderr)
+        return None
+    return reply
+
+
+def cmd_real(args: argparse.Namespace) -> int:
+    return _admin(args, {"command": "real", "farm": args.farm, "real": args.name})
+
+
+def cmd_vserver(args: argparse.Namespace) -> int:
+    return _admin(args, {"command": "vserver", "vserver": args.name})
+
+
+def _admin(args: argparse.Namespace, payload: dict[str, object]) -> int:
+    inservice = args.action == "inservice"
+    if args.drain is not None and (inservice or args.drain < 0):
+        print("xmppgw: --drain goes with no-inservice, as 0 or more seconds", file=sys.stderr)
+        return 2
+    reply = _control(args.config, {**payload, "inservice": inservice, "drain": args.drain})
+    if reply is None:
+        return 1
+    data = reply["data"]
+    if "real" in data:
+        print(f"serverfarm {data['farm']}, real {data['real']}: {data['state']}, "
+              f"{data['conns']} conns")
+    else:
+        print(f"vserver {data['vserver']}: {'inservice' if data['inservice'] else 'OUTOFSERVICE'}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = _control(args.config, {"command": "reload"})
+    if reply is None:
+        return 1
+    data = reply["data"]
+    changes = [f"{key.replace('_', ' ')}: {', '.join(value)}"
+               for key, value in data.items() if value]
+    print(f"{args.config}: reloaded" + ("; " + "; ".join(changes) if changes else
+                                        " (no real or vserver added or removed)"))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from xmppgw.control import show
-    from xmppgw.control.server import request
 
-    config = _load(args.config)
-    if config is None:
-        return 1
-    path = config.gateway.control_socket
-    if not path:
-        print(f"{args.config}: gateway.control_socket is not set", file=sys.stderr)
-        return 1
-    try:
-        reply = request(path, {"command": "show"})
-    except OSError as exc:
-        print(f"xmppgw: cannot reach the gateway at {path}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
-    if not reply.get("ok"):
-        print(f"xmppgw: {reply.get('error')}", file=sys.stderr)
+    reply = _control(args.config, {"command": "show", "conns": args.what == "conns"})
+    if reply is None:
         return 1
     data = reply["data"]
     if args.json:
@@ -78,8 +269,43 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(show.serverfarms_detail(data) if args.detail else show.serverfarms(data), end="")
     elif args.what == "reals":
         print(show.reals(data, detail=bool(args.detail)), end="")
+    elif args.what == "conns":
+        print(show.conns(data), end="")
     else:
         print(show.vservers(data), end="")
+    return 0
+
+
+def cmd_zone(args: argparse.Namespace) -> int:
+    """The records the gateway publishes: from the running gateway if its control socket
+    answers (live health), else from the config (every vserver and real in service)."""
+    import time
+
+    from xmppgw.control.server import request
+    from xmppgw.dns.records import Health, build
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    if config.srv is None:
+        print(f"{args.config}: no [srv] section: the gateway publishes no records",
+              file=sys.stderr)
+        return 1
+    path = config.gateway.control_socket
+    why = "gateway.control_socket is not set"
+    if path:
+        try:
+            reply = request(path, {"command": "zone"})
+        except (OSError, ValueError) as exc:  # not running, or no whole reply
+            why = f"no gateway answered at {path}: {getattr(exc, 'strerror', None) or exc}"
+        else:
+            if reply.get("ok"):
+                print(reply["data"], end="")
+                return 0
+            why = f"the gateway at {path} said: {reply.get('error')}"
+    published = build(config, Health.from_config(config), int(time.time()))
+    print(published.to_zone_text(f"from the config ({why}): every vserver and real in "
+                                 "service"), end="")
     return 0
 
 

@@ -36,6 +36,11 @@ PROSODY_DOMAIN = "pr.test"
 PROSODY_ADDRESS = "127.0.3.1"
 GATEWAY_S2S_ADDRESS = "127.0.1.1"
 DEFAULT_PROSODY_HOSTS: Mapping[str, str] = {EJABBERD_DOMAIN: GATEWAY_S2S_ADDRESS}
+# A c2s listener on every node that expects a PROXY header first (v1 or v2: ejabberd reads
+# both), for the gateway's `proxy_protocol` farms.
+PROXY_C2S_PORT = 5282
+PROXY_LISTENERS = ({"port": PROXY_C2S_PORT, "module": "ejabberd_c2s", "starttls": True,
+                    "use_proxy_protocol": True},)
 NAMED_USERS = ("alice", "bob", "carol")
 NUMBERED_USERS = 200
 PROSODY_USERS = ("pat",)
@@ -57,7 +62,7 @@ class Servers:
         self,
         base_dir: Path,
         prosody_hosts: Mapping[str, str] = DEFAULT_PROSODY_HOSTS,
-        ejabberd_extra_listeners: Sequence[Mapping[str, Any]] = (),
+        ejabberd_extra_listeners: Sequence[Mapping[str, Any]] = PROXY_LISTENERS,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.password = PASSWORD

@@ -39,7 +39,7 @@ class GatewayProcess:
         self.stop()
         raise RuntimeError(f"gateway did not start within {timeout} s:\n{self.log_text()}")
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)

@@ -33,4 +33,6 @@ def gateway_config(servers: Servers) -> str:
         assert f'address = "{address}"' in text, f"conf/demo.toml lacks real {address}"
     reals = "".join(f'[[serverfarm.real]]\naddress = "{a}:5222"\n'
                     for a in servers.ejabberd_addresses)
+    # streams left open at the end of the session get 2 s, not the default 10 s, to end
+    text = text.replace("[gateway]\n", "[gateway]\nshutdown_timeout = 2\n", 1)
     return text + TEST_ONLY.format(vip=VIP, port=STRICT_PORT, reals=reals)

@@ -457,3 +457,47 @@ class FarmMachine(RuleBasedStateMachine):
 
 TestFarmMachine = FarmMachine.TestCase
 TestFarmMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+
+
+# --- reload ----------------------------------------------------------------------------------
+
+
+def test_reconfigure_keeps_live_reals_adds_new_and_retires_removed() -> None:
+    """A reload never drops a connection: kept reals keep their counters and state, a
+    removed real leaves the picks but its connections stay counted on it until they end."""
+    farm = make_farm(1, 1, predictor="leastconns")
+    a, b = farm.reals
+    open_conn(farm, "1.1.1.1:1", 0.0)
+    open_conn(farm, "1.1.1.2:1", 0.0)
+    assert (a.active, b.active) == (1, 1)
+    for _ in range(a.config.faildetect.numconns):
+        fail_on(farm, b, "9.9.9.9:1", 1.0)
+    assert farm.state(b, 1.0) is RealState.FAILED
+    new = ServerfarmConfig("F", predictor="roundrobin", slowstart=10.0, reals=(
+        RealConfig(Address("10.0.0.2", None), weight=3),
+        RealConfig(Address("10.0.0.9", None), weight=1)))
+    retired = farm.reconfigure(new, 2.0)
+    assert retired == [a] and a.active == 1  # still counted; the session will close it
+    b2, c = farm.reals
+    assert b2 is b and b.weight == 3 and farm.state(b, 2.0) is RealState.FAILED
+    assert c.name == "10.0.0.9" and farm.state(c, 2.0) is RealState.OPERATIONAL
+    assert farm.effective_weight(c, 2.0) < c.weight  # a new real ramps up (slow start)
+    picks = {open_conn(farm, f"2.2.2.{i}:1", 3.0) for i in range(5)}
+    assert picks == {c}  # a is gone from the picks, b is still FAILED
+    farm.closed(a, 4.0)
+    assert a.active == 0
+
+
+def test_reconfigure_follows_a_changed_inservice_and_keeps_an_unchanged_one() -> None:
+    farm = make_farm(1, 1)
+    a, b = farm.reals
+    farm.set_inservice(a, False, 0.0)  # an operator's `no inservice`
+    same = ServerfarmConfig("F", reals=(RealConfig(Address("10.0.0.1", None)),
+                                        RealConfig(Address("10.0.0.2", None), inservice=False)))
+    farm.reconfigure(same, 1.0)
+    assert farm.state(a, 1.0) is RealState.OUTOFSERVICE  # the file did not change: held
+    assert farm.state(b, 1.0) is RealState.OUTOFSERVICE  # the file changed: followed
+    back = ServerfarmConfig("F", reals=(RealConfig(Address("10.0.0.1", None)),
+                                        RealConfig(Address("10.0.0.2", None))))
+    farm.reconfigure(back, 2.0)
+    assert farm.state(b, 2.0) is RealState.OPERATIONAL

@@ -19,8 +19,7 @@ from xmppgw.control import show
 from xmppgw.health.checks import make_check, probe_once
 from xmppgw.health.state import RealVerdict
 from xmppgw.health.wire import GreetingReader, Verdict, judge, stream_header
-from xmppgw.net.gateway import Gateway
-from xmppgw.net.shared import SharedTable
+from xmppgw.net.gateway import Gateway, make_shared
 from xmppgw.slb.farm import RealState
 from xmppgw.wire.stream import StreamReader
 
@@ -196,9 +195,10 @@ class Log:
 async def test_worker_zeros_probe_verdict_reaches_the_other_workers() -> None:
     cfg = config.loads('[[serverfarm]]\nname = "F"\n[[serverfarm.real]]\naddress = "10.0.0.1"\n'
                        '[[serverfarm.real]]\naddress = "10.0.0.2"\n')
-    table = SharedTable(2, 2)
+    shared = make_shared(cfg, 2)
+    table = shared.table
     log0, log1 = Log(), Log()
-    zero, one = Gateway(cfg, log0, 0, table), Gateway(cfg, log1, 1, table)
+    zero, one = Gateway(cfg, log0, 0, shared), Gateway(cfg, log1, 1, shared)
     now = asyncio.get_running_loop().time()
     zero.probe_verdict(RealVerdict(now, "F", "10.0.0.2", False))
     farm0, farm1 = zero.farms["F"], one.farms["F"]

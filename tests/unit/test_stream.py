@@ -224,3 +224,23 @@ def test_reader_never_raises_on_garbage(data: bytes, cuts: list[int]) -> None:
     events = feed_all(StreamReader(max_header_bytes=512), split(data, cuts))
     assert sum(isinstance(e, ProtocolError) for e in events) <= 1
     assert sum(isinstance(e, StreamHeader) for e in events) <= 1
+
+
+def test_server_between_elements_only_at_a_top_level_boundary() -> None:
+    """Where the gateway may put a <stream:error> of its own on shutdown: never inside the
+    server's stream header, a stanza or a tag cut between two reads."""
+    from xmppgw.wire.stream import StartTLSTracker
+
+    tracker = StartTLSTracker()
+    tracker.client_data(b"<stream:stream xmlns='jabber:client' "
+                        b"xmlns:stream='http://etherx.jabber.org/streams' to='a.test'>")
+    assert not tracker.server_between_elements()
+    tracker.server_data(b"<stream:stream xmlns='jabber:client' "
+                        b"xmlns:stream='http://etherx.jabber.org/streams' from='a.test'>")
+    assert tracker.server_between_elements()
+    tracker.server_data(b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
+    assert not tracker.server_between_elements()
+    tracker.server_data(b"</mechanisms></stream:features>\n ")
+    assert tracker.server_between_elements()
+    tracker.server_data(b"<message")
+    assert not tracker.server_between_elements()

@@ -89,6 +89,15 @@ def vservers(snapshot: Snapshot) -> str:
     return _table(rows)
 
 
+def conns(snapshot: Snapshot) -> str:
+    """`show ip slb conns`: one row per client connection (of worker 0 with workers)."""
+    rows = [("vserver", "client", "real", "kind", "to", "state", "age")]
+    rows += [(c["vserver"], c["client"], c["real"] or "-", c["kind"] or "-", c["to"] or "-",
+              c["state"], f"{c['age']:.0f}s") for c in snapshot.get("conns", [])]
+    note = snapshot.get("conns_note")
+    return _table(rows) + (f"({note})\n" if note else "")
+
+
 def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

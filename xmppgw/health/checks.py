@@ -29,6 +29,7 @@ from typing import Any
 from xmppgw.config import ProbeConfig
 from xmppgw.health.state import Outcome
 from xmppgw.health.wire import STREAM_CLOSE, GreetingReader, judge, stream_header
+from xmppgw.wire.proxyproto import encode_v1, encode_v2
 
 # Round trips are timed with perf_counter: uvloop's loop.time() moves in whole milliseconds.
 CLOSE_WAIT = 1.0  # how long a polite close may wait for the server's own close
@@ -48,6 +49,19 @@ class Check(ABC):
         self.host = host
         self.port = port
         self.phase = "connecting"
+        self.proxy: str | None = None  # the farm's proxy_protocol: its reals expect a header
+
+    def proxy_header(self, transport: asyncio.BaseTransport) -> bytes:
+        """The PROXY header a real of a `proxy_protocol` farm waits for before anything else
+        (ejabberd closes a connection without one), naming the probe's own addresses.
+
+        Not v2's LOCAL command, though it exists for health checks: ejabberd 23.01 never
+        answers a connection that starts with one (tried against Debian's; it waits)."""
+        if self.proxy is None:
+            return b""
+        local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+        encode = encode_v2 if self.proxy == "v2" else encode_v1
+        return encode(local[:2], peer[:2])
 
     @abstractmethod
     async def run(self) -> Outcome:
@@ -97,14 +111,18 @@ def os_error(exc: OSError) -> str:
 
 
 def make_check(config: ProbeConfig, host: str, port: int,
-               tls: ssl.SSLContext | None = None) -> Check:
+               tls: ssl.SSLContext | None = None, proxy: str | None = None) -> Check:
+    check: Check
     if config.type == "tcp":
-        return TcpCheck(config, host, port)
-    if config.type == "xmpp-stream":
-        return StreamCheck(config, host, port)
-    if config.type == "xmpp-ping":
-        return PingCheck(config, host, port, tls or tls_context(config))
-    raise ValueError(f"unknown probe type {config.type!r}")
+        check = TcpCheck(config, host, port)
+    elif config.type == "xmpp-stream":
+        check = StreamCheck(config, host, port)
+    elif config.type == "xmpp-ping":
+        check = PingCheck(config, host, port, tls or tls_context(config))
+    else:
+        raise ValueError(f"unknown probe type {config.type!r}")
+    check.proxy = proxy
+    return check
 
 
 def tls_context(config: ProbeConfig) -> ssl.SSLContext:
@@ -127,6 +145,7 @@ class TcpCheck(Check):
         began = time.perf_counter()
         transport, _ = await loop.create_connection(asyncio.Protocol, self.host, self.port)
         rtt = time.perf_counter() - began
+        transport.write(self.proxy_header(transport))  # type: ignore[attr-defined]
         transport.close()
         return Outcome(True, rtt=rtt)
 
@@ -145,7 +164,8 @@ class StreamCheck(Check):
         began = time.perf_counter()
         self._polite = False
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        self._writer.write(stream_header(config.kind, config.target_domain))
+        self._writer.write(self.proxy_header(self._writer.transport)
+                           + stream_header(config.kind, config.target_domain))
         greeting = GreetingReader()
         self.phase = "waiting for the stream header"
         while (verdict := judge(greeting, config.kind, config.expect_starttls)) is None:
@@ -260,7 +280,19 @@ class PingCheck(Check):
 
         _quiet_slixmpp()
         config = self.config
-        client = ClientXMPP(config.jid, config.password or "", ssl_context=self.tls)
+        check = self
+
+        class ProbeClient(ClientXMPP):  # type: ignore[misc]
+            """Puts the PROXY header first on the TCP connection (slixmpp calls this again
+            with send_event=False for the TLS transport after STARTTLS: no header there)."""
+
+            def connection_made(self, transport: asyncio.BaseTransport,
+                                send_event: bool = True) -> None:
+                if send_event:
+                    transport.write(check.proxy_header(transport))  # type: ignore[attr-defined]
+                super().connection_made(transport, send_event=send_event)
+
+        client = ProbeClient(config.jid, config.password or "", ssl_context=self.tls)
         client.register_plugin("xep_0199")
         client.enable_starttls = True
         client.enable_direct_tls = False

@@ -39,6 +39,7 @@ class ProbeRunner:
         self.on_verdict = on_verdict
         self._addresses = {(f.name, str(r.address)): r.address.host
                            for f in farms for r in f.reals}
+        self._proxy = {f.name: f.proxy_protocol for f in farms}
         self._checks: dict[int, Check] = {}
         self._tls: dict[int, ssl.SSLContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -104,7 +105,8 @@ class ProbeRunner:
         check = self._checks.get(id(probe))
         if check is None:
             host = self._addresses[(probe.farm, probe.real)]
-            check = make_check(probe.config, host, probe.port, self._tls_for(probe.config))
+            check = make_check(probe.config, host, probe.port, self._tls_for(probe.config),
+                               self._proxy[probe.farm])
             self._checks[id(probe)] = check
         return check
 

@@ -12,6 +12,7 @@ is full, so a slow peer never grows memory without bound.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 import time
@@ -21,6 +22,7 @@ from xmppgw.net.sockopts import apply_keepalive
 from xmppgw.net.splice import SpliceRelay
 from xmppgw.slb.plan import Abort, Action, Commit, Connect, ConnectPlan, GiveUp, Replay
 from xmppgw.wire import clienthello as tls
+from xmppgw.wire import proxyproto
 from xmppgw.wire.errors import stream_error, stream_header
 from xmppgw.wire.stream import Opaque, ProtocolError, StartTLSTracker, StreamHeader
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from xmppgw.config import Keepalive
     from xmppgw.net.gateway import Gateway, VserverRuntime
     from xmppgw.slb.farm import Real, Serverfarm
+    from xmppgw.slb.limits import Admission
 
 ALPN_KINDS = {"xmpp-client": "c2s", "xmpp-server": "s2s"}  # XEP-0368 §3
 
@@ -42,6 +45,7 @@ class ClientSession(asyncio.Protocol):
     """The accepted client connection; owns the upstream leg and the connection record."""
 
     __slots__ = (
+        "admission",
         "alpn",
         "buffer",
         "bytes_from_client",
@@ -57,11 +61,15 @@ class ClientSession(asyncio.Protocol):
         "hello",
         "kind",
         "legs",
+        "local",
         "loop",
         "paused_for_connect",
+        "peer",
         "phase",
         "plan",
         "plan_timer",
+        "proxy_header",
+        "proxy_reader",
         "real",
         "relay",
         "sni",
@@ -112,6 +120,11 @@ class ClientSession(asyncio.Protocol):
         self.upstream_eof = False
         self.client_lost = False
         self.paused_for_connect = False
+        self.peer: tuple[str, int] | None = None  # the client (from PROXY when trusted)
+        self.local: tuple[str, int] | None = None  # the address it connected to
+        self.proxy_reader: proxyproto.ProxyHeaderReader | None = None
+        self.proxy_header: bytes | None = None  # what this session's real legs start with
+        self.admission: Admission | None = None  # the limits that counted this connection
 
     # --- client leg -------------------------------------------------------------------
 
@@ -122,8 +135,57 @@ class ClientSession(asyncio.Protocol):
         self.header_timer = self.loop.call_later(
             self.vserver.config.header_timeout, self._header_timed_out)
         self.gateway.sessions.add(self)
+        if peer:
+            self.peer = peer[:2]
+        local = transport.get_extra_info("sockname")
+        self.local = local[:2] if local else None
+        if self.vserver.config.accept_proxy and self.peer is not None and _listed(
+                self.peer[0], self.vserver.config.accept_proxy):
+            self.proxy_reader = proxyproto.ProxyHeaderReader()  # limits count the real client
+        else:
+            self._admit()
+
+    def _admit(self) -> None:
+        """`[vserver.limits]`, counted from accept (or from the PROXY header, which names the
+        client): over a limit a cleartext stream gets `<policy-violation/>`, TLS a close."""
+        admission = self.vserver.admission
+        if admission is None or self.peer is None:
+            return
+        verdict = admission.admit(self.peer[0], self.loop.time())
+        if verdict.ok:
+            self.admission = admission
+            return
+        self.vserver.note_refusal(self.gateway.log, self.client, verdict.reason or "limit",
+                                  self.loop.time())
+        if self.vserver.config.mode == "starttls":
+            self.fail("policy-violation", f"connection limit {verdict.reason} reached")
+        else:
+            self.error = "policy-violation"
+            self.close()
+
+    def _proxy_data(self, data: bytes) -> None:
+        """The PROXY header an upstream balancer puts first; then the client's own bytes."""
+        event = self.proxy_reader.feed(data)  # type: ignore[union-attr]
+        if event is proxyproto.NEED_MORE:
+            return
+        self.proxy_reader = None
+        if isinstance(event, proxyproto.ProxyError):
+            self.error = "bad-proxy-header"
+            self.gateway.log.info("proxy_refused", client=self.client,
+                                  vserver=self.vserver.name, reason=event.reason)
+            self.close()
+            return
+        if event.src is not None:  # LOCAL / UNKNOWN: the balancer's own connection
+            self.peer, self.client = event.src, _format_peer(event.src)
+            self.local = event.dst or self.local
+        self._admit()
+        if event.rest and self.phase is not CLOSED:
+            self.data_received(event.rest)
 
     def data_received(self, data: bytes) -> None:
+        if self.proxy_reader is not None:
+            self._proxy_data(data)
+            return
         self.bytes_from_client += len(data)
         if self.phase is SNIFFING:
             self.buffer.append(data)  # type: ignore[union-attr]
@@ -146,6 +208,9 @@ class ClientSession(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        if self.proxy_reader is not None:
+            self.error = "bad-proxy-header"
+            self.proxy_reader = None
         if self.phase is RELAYING:
             self._half_close(self.upstream.transport)  # type: ignore[union-attr]
             return True
@@ -480,6 +545,27 @@ class ClientSession(asyncio.Protocol):
                               condition=condition, text=text)
         self.close()
 
+    def system_shutdown(self) -> bool:
+        """The gateway is stopping: a stream we can still speak into gets
+        `<system-shutdown/>` (True); an opaque one (TLS) is left to end or time out."""
+        if self.phase is CLOSED:
+            return False
+        if self.phase in (SNIFFING, CONNECTING):
+            if self.tracker is None:
+                self.error = "system-shutdown"
+                self.close()  # a TLS client that sent no byte we could answer in
+                return False
+            self.fail("system-shutdown", "the gateway is shutting down")
+            return True
+        if self.phase is RELAYING and self.tracker is not None \
+                and self.tracker.server_between_elements():
+            self.transport.write(stream_error(  # type: ignore[union-attr]
+                "system-shutdown", "the gateway is shutting down"))
+            self.error = "system-shutdown"
+            self.close()
+            return True
+        return False
+
     def fail_tls(self, alert: int, reason: str) -> None:
         """A TLS client gets a TLS answer: a fatal alert (RFC 8446 §6), then close."""
         if self.phase is CLOSED:
@@ -531,9 +617,26 @@ class ClientSession(asyncio.Protocol):
         else:
             self.close()
 
+    def proxy_header_for_real(self) -> bytes:
+        """PROXY v1/v2 for a real of a `proxy_protocol` farm: the client's address and the
+        one it connected to, so the real logs and limits the client, not the gateway. v2
+        also names the host the client asked for (SNI or the stream's `to`)."""
+        version = self.farm.config.proxy_protocol if self.farm is not None else None
+        if version is None or self.peer is None or self.local is None:
+            return b""
+        if self.proxy_header is None:
+            if version == "v1":
+                self.proxy_header = proxyproto.encode_v1(self.peer, self.local)
+            else:
+                self.proxy_header = proxyproto.encode_v2(self.peer, self.local,
+                                                         authority=self.domain)
+        return self.proxy_header
+
     def _finish_if_done(self) -> None:
         if self.client_lost and self.upstream is None and self in self.gateway.sessions:
             self.gateway.sessions.discard(self)
+            if self.admission is not None and self.peer is not None:
+                self.admission.release(self.peer[0], self.loop.time())
             self.gateway.log.info(
                 "connection",
                 client=self.client,
@@ -570,6 +673,9 @@ class UpstreamLeg(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        header = self.session.proxy_header_for_real()
+        if header:
+            transport.write(header)  # type: ignore[attr-defined]  # one write, first
         self.session.attempt_connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -606,6 +712,17 @@ class UpstreamLeg(asyncio.Protocol):
             self.task.cancel()
         if self.transport is not None:
             self.transport.abort()
+
+
+def _listed(ip: str, networks: tuple[Any, ...]) -> bool:
+    """Is the peer one of the balancers a PROXY header is believed from?"""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == net.version and address in net for net in networks)
 
 
 def _format_peer(peer: Any) -> str:

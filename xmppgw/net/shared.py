@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 FIELDS = ("load", "active", "total", "failed_attempts", "reassigns", "consecutive_failures",
           "failed_clients", "failed_until", "probe_failed")
@@ -86,3 +86,122 @@ class SharedTable:
         for real in range(self.reals):
             self.publish(worker, real, Row())
 
+
+
+# --- what the operator changed at run time, and reloads -----------------------------------
+
+_ADMIN_HEAD = struct.Struct("d")  # generation
+_ADMIN_REAL = struct.Struct("3d")  # set (1.0: an operator command holds it), inservice, drain wall
+_ADMIN_VSERVER = struct.Struct("3d")  # set, inservice, drain wall
+_SLOT_HEAD = struct.Struct("2q")  # generation, length
+CONFIG_SLOT_BYTES = 4 << 20
+
+
+class RowMap:
+    """Which row of the shared tables each real and vserver has, stable across reloads.
+
+    Keys are (farm, real address) and vserver names. Rows are handed out in config order and
+    never reused, so every worker, each extending its own copy with the same sequence of
+    configs (a respawned worker inherits the master's copy at fork), agrees with the others.
+    """
+
+    def __init__(self, real_capacity: int, vserver_capacity: int) -> None:
+        self.real_capacity = real_capacity
+        self.vserver_capacity = vserver_capacity
+        self.reals: dict[tuple[str, str], int] = {}
+        self.vservers: dict[str, int] = {}
+
+    def missing(self, config: Any) -> int:
+        """How many rows `config` needs beyond the free ones (0: it fits)."""
+        new_reals = {(f.name, str(r.address)) for f in config.serverfarms for r in f.reals}
+        new_vservers = {v.name for v in config.vservers}
+        over_reals = len(self.reals) + len(new_reals - self.reals.keys()) - self.real_capacity
+        over_vs = len(self.vservers) + len(new_vservers - self.vservers.keys()) \
+            - self.vserver_capacity
+        return max(0, over_reals, over_vs)
+
+    def assign(self, config: Any) -> None:
+        for farm in config.serverfarms:
+            for real in farm.reals:
+                self.reals.setdefault((farm.name, str(real.address)), len(self.reals))
+        for vserver in config.vservers:
+            self.vservers.setdefault(vserver.name, len(self.vservers))
+
+
+class AdminTable:
+    """Operator commands (`real ... no-inservice`, `vserver ...`) for every worker.
+
+    Worker 0 serves the control socket and writes here; every worker applies what it reads
+    when the generation moves. A drain deadline is wall-clock time because the workers'
+    loop clocks need not agree; each turns it into its own clock on reading.
+    """
+
+    def __init__(self, reals: int, vservers: int) -> None:
+        self.reals = reals
+        self.vservers = vservers
+        size = _ADMIN_HEAD.size + reals * _ADMIN_REAL.size + vservers * _ADMIN_VSERVER.size
+        self._mem = mmap.mmap(-1, size)
+
+    def generation(self) -> int:
+        return int(_ADMIN_HEAD.unpack_from(self._mem, 0)[0])
+
+    def _bump(self) -> None:
+        _ADMIN_HEAD.pack_into(self._mem, 0, self.generation() + 1)
+
+    def set_real(self, row: int, inservice: bool, drain_wall: float | None) -> None:
+        _ADMIN_REAL.pack_into(self._mem, _ADMIN_HEAD.size + row * _ADMIN_REAL.size,
+                              1.0, float(inservice), drain_wall or 0.0)
+        self._bump()
+
+    def real(self, row: int) -> tuple[bool, float | None] | None:
+        """(inservice, drain wall-clock deadline) if an operator set it, else None."""
+        held, inservice, drain = _ADMIN_REAL.unpack_from(
+            self._mem, _ADMIN_HEAD.size + row * _ADMIN_REAL.size)
+        return (inservice > 0, drain or None) if held else None
+
+    def clear_real(self, row: int) -> None:
+        """A reload whose file changes the real's `inservice` takes it back from the operator."""
+        _ADMIN_REAL.pack_into(self._mem, _ADMIN_HEAD.size + row * _ADMIN_REAL.size, 0, 0, 0)
+        self._bump()
+
+    def _vserver_offset(self, row: int) -> int:
+        return _ADMIN_HEAD.size + self.reals * _ADMIN_REAL.size + row * _ADMIN_VSERVER.size
+
+    def set_vserver(self, row: int, inservice: bool, drain_wall: float | None) -> None:
+        _ADMIN_VSERVER.pack_into(self._mem, self._vserver_offset(row), 1.0, float(inservice),
+                                 drain_wall or 0.0)
+        self._bump()
+
+    def vserver(self, row: int) -> tuple[bool, float | None] | None:
+        held, inservice, drain = _ADMIN_VSERVER.unpack_from(self._mem, self._vserver_offset(row))
+        return (inservice > 0, drain or None) if held else None
+
+    def clear_vserver(self, row: int) -> None:
+        _ADMIN_VSERVER.pack_into(self._mem, self._vserver_offset(row), 0, 0, 0)
+        self._bump()
+
+
+class ConfigSlot:
+    """The config text the master validated on SIGHUP, for the workers to apply.
+
+    Passing the text (not the path) makes every worker apply the very file the master
+    checked, even if the operator edits it again a moment later."""
+
+    def __init__(self) -> None:
+        self._mem = mmap.mmap(-1, CONFIG_SLOT_BYTES)
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8")
+        if len(data) > CONFIG_SLOT_BYTES - _SLOT_HEAD.size:
+            raise ValueError(f"config larger than {CONFIG_SLOT_BYTES >> 20} MiB")
+        generation = self.generation() + 1
+        self._mem[_SLOT_HEAD.size:_SLOT_HEAD.size + len(data)] = data
+        _SLOT_HEAD.pack_into(self._mem, 0, generation, len(data))
+        return generation
+
+    def generation(self) -> int:
+        return _SLOT_HEAD.unpack_from(self._mem, 0)[0]
+
+    def read(self) -> tuple[int, str]:
+        generation, length = _SLOT_HEAD.unpack_from(self._mem, 0)
+        return generation, bytes(self._mem[_SLOT_HEAD.size:_SLOT_HEAD.size + length]).decode()

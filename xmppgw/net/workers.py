@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from xmppgw import config as configmod
 from xmppgw.config import Config
 from xmppgw.log import flush as flush_log
-from xmppgw.net.gateway import Gateway, listen_socket
-from xmppgw.net.shared import SharedTable
+from xmppgw.net.gateway import Gateway, ReloadRefused, WorkerShared, listen_socket, make_shared
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 RESPAWN_PAUSE = 1.0  # a worker that dies at once is not restarted in a tight loop
@@ -36,8 +36,8 @@ def run(config: Config, log: Any, loop_factory: LoopFactory) -> int:
         print(f"xmppgw: {exc.strerror}", file=sys.stderr, flush=True)
         log.error("start_failed", error=exc.strerror)
         return 1
-    reals = sum(len(f.reals) for f in config.serverfarms)
-    return Master(config, log, loop_factory, sockets, SharedTable(config.gateway.workers, reals)).run()
+    return Master(config, log, loop_factory, sockets,
+                  make_shared(config, config.gateway.workers)).run()
 
 
 def bind_all(config: Config) -> list[dict[str, socket.socket]]:
@@ -58,7 +58,7 @@ def bind_all(config: Config) -> list[dict[str, socket.socket]]:
 
 
 def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int = 0,
-               shared: SharedTable | None = None,
+               shared: WorkerShared | None = None,
                sockets: dict[str, socket.socket] | None = None) -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
@@ -70,26 +70,39 @@ def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int 
     return 0
 
 
-async def _serve(config: Config, log: Any, worker: int, shared: SharedTable | None,
+async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | None,
                  sockets: dict[str, socket.socket] | None) -> None:
     gateway = Gateway(config, log, worker, shared, sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reload = gateway.reload_from_slot if shared is not None else lambda: _reload_file(gateway)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
     await gateway.start()
     event = "started" if shared is None else "worker_started"
     log.info(event, config=config.path, loop=type(loop).__module__, pid=os.getpid())
     await stop.wait()
     log.info("stopping" if shared is None else "worker_stopping")
-    await gateway.stop()
+    await gateway.stop(graceful=True)
     if shared is None:
         log.info("stopped")
 
 
+async def _reload_file(gateway: Gateway) -> None:
+    """SIGHUP with one process: check the file, then apply it; a bad one changes nothing."""
+    try:
+        config = configmod.load(gateway.config.path)
+        await gateway.reload(config)
+    except configmod.ConfigError as exc:
+        gateway.log.error("reload_refused", problems=exc.problems)
+    except ReloadRefused as exc:
+        gateway.log.error("reload_refused", problems=[str(exc)])
+
+
 class Master:
     def __init__(self, config: Config, log: Any, loop_factory: LoopFactory,
-                 sockets: list[dict[str, socket.socket]], shared: SharedTable) -> None:
+                 sockets: list[dict[str, socket.socket]], shared: WorkerShared) -> None:
         self.config = config
         self.log = log
         self.loop_factory = loop_factory
@@ -101,6 +114,7 @@ class Master:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._reload)
         for worker in range(len(self.sockets)):
             self._spawn(worker)
         self.log.info("started", config=self.config.path, workers=len(self.sockets),
@@ -115,7 +129,7 @@ class Master:
                 continue
             self.log.warning("worker_exited", worker=worker, pid=pid,
                              status=os.waitstatus_to_exitcode(status))
-            self.shared.clear(worker)
+            self.shared.table.clear(worker)
             if time.monotonic() - started < RESPAWN_PAUSE:
                 time.sleep(RESPAWN_PAUSE)
             self._spawn(worker)
@@ -135,6 +149,42 @@ class Master:
             except ProcessLookupError:
                 pass
 
+    def _reload(self, _signum: int, _frame: object) -> None:
+        """SIGHUP (also sent by worker 0 for `xmppgw reload`): check the file once, put the
+        checked text where the workers read it, and tell them. A bad file changes nothing."""
+        try:
+            with open(self.config.path, encoding="utf-8") as file:
+                text = file.read()
+            config = configmod.loads(text, self.config.path)
+        except OSError as exc:
+            self.log.error("reload_refused", problems=[f"{self.config.path}: {exc.strerror}"])
+            return
+        except configmod.ConfigError as exc:
+            self.log.error("reload_refused", problems=exc.problems)
+            return
+        if self.shared.rows.missing(config):
+            self.log.error("reload_refused", problems=[
+                "more reals or vservers than the shared tables hold: restart instead"])
+            return
+        self.shared.rows.assign(config)
+        self.shared.slot.write(text)
+        self._drop_moved_sockets(config)
+        self.config = config  # what a respawned worker starts with
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    def _drop_moved_sockets(self, config: Config) -> None:
+        """Our copies of listening sockets whose vserver is gone or moved: closed, so only
+        the workers' new sockets take its clients (workers bind the new ones themselves)."""
+        keep = {v.name: (v.virtual, v.mode) for v in config.vservers}
+        old = {v.name: (v.virtual, v.mode) for v in self.config.vservers}
+        for sockets in self.sockets:
+            for name in [n for n in sockets if keep.get(n) != old.get(n)]:
+                sockets.pop(name).close()
+
     def _spawn(self, worker: int) -> None:
         pid = os.fork()
         if pid:
@@ -144,6 +194,7 @@ class Master:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             for other, sockets in enumerate(self.sockets):
                 if other != worker:
                     for sock in sockets.values():

@@ -356,6 +356,34 @@ class Serverfarm:
         drain = "" if drain_timeout is None else f" (drain {drain_timeout:g} s)"
         return self._sync(real, now, f"no inservice{drain}")
 
+    def reconfigure(self, config: ServerfarmConfig, now: float) -> list[Real]:
+        """A reload: the new config applies to new connections, nothing live is dropped.
+
+        Reals are matched by address and keep their counters and state; a new real starts in
+        service with slow start (it has no connections yet, exactly the overload slow start
+        exists for); a real whose `inservice` changed in the file takes the file's word. A
+        real gone from the file leaves the picks at once; its connections stay until they end
+        (the sessions hold it), and it is returned so the caller can account for them.
+        """
+        old = {r.name: r for r in self.reals}
+        reals = []
+        for real_config in config.reals:
+            real = old.pop(str(real_config.address), None)
+            if real is None:
+                real = self._new_real(real_config, now)
+                if real.inservice:
+                    real.ramp_start = now
+            else:
+                previous, real.config = real.config, real_config
+                real.standby = real_config.standby
+                if real_config.inservice != previous.inservice:
+                    self.set_inservice(real, real_config.inservice, now)
+            reals.append(real)
+        self.config = config
+        self.reals = reals
+        self.predictor = make_predictor(config.predictor, self.effective_weight)
+        return list(old.values())
+
     def probe_result(self, real: Real, ok: bool, now: float) -> StateChange | None:
         """An active probe's verdict (rise/fall already counted by the probe module).
 

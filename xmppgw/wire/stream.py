@@ -110,6 +110,8 @@ class StreamReader:
         self.header: StreamHeader | None = None
         self.error: ProtocolError | None = None
         self.consumed = 0
+        # Between top-level elements, nothing of a tag pending (an end of input on '>').
+        self.at_rest = False
         self._events: list[StreamEvent] = []
         self._depth = 0
         self._namespaces: dict[str | None, str] = {}
@@ -168,6 +170,7 @@ class StreamReader:
             self._events.append(error)
             self._finish(error)
         self.consumed += len(data)
+        self.at_rest = self._depth == 1 and data.rstrip().endswith(b">")
         return self._events
 
     def _fail(self, condition: str, text: str) -> list[StreamEvent]:
@@ -326,6 +329,12 @@ class StartTLSTracker:
             reader.error = error
             return [error]
         return [self._go_opaque(False, "cleartext phase too long to follow")]
+
+    def server_between_elements(self) -> bool:
+        """True when the server's stream is between top-level elements, so the gateway may
+        put a `<stream:error>` of its own into it (on shutdown) without cutting a stanza."""
+        return (self.opaque is None and self.server is not None
+                and self.server.header is not None and self.server.at_rest)
 
     def server_data(self, data: bytes) -> list[TrackerEvent]:
         if self.opaque is not None:
