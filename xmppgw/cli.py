@@ -237,13 +237,14 @@ def _admin(args: argparse.Namespace, payload: dict[str, object]) -> int:
         print(f"serverfarm {data['farm']}, real {data['real']}: {data['state']}, "
               f"{data['conns']} conns")
     else:
-        print(f"vserver {data['vserver']}: {'inservice' if data['inservice'] else 'OUTOFSERVICE'}")
+        print(f"vserver {data['vserver']}: {'OPERATIONAL' if data['inservice'] else 'OUTOFSERVICE'}")
     return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
     reply = _control(args.config, {"command": "reload"})
     if reply is None:
+        print("xmppgw: not reloaded: the running gateway keeps its config", file=sys.stderr)
         return 1
     data = reply["data"]
     changes = [f"{key.replace('_', ' ')}: {', '.join(value)}"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ VIP = "127.0.1.10"
 VIP_WORKERS = "127.0.1.11"
 VIP_ADDED = "127.0.1.13"  # a vserver the reload adds
 FARM = "CLUSTER"
+METRICS_PORT = 9105
 
 
 def config(servers: Servers, vip: str, control_socket: Path, workers: int = 1,
@@ -44,6 +46,7 @@ log_connect = true
 control_socket = "{control_socket}"
 workers = {workers}
 shutdown_timeout = 2
+metrics = "{vip}:{METRICS_PORT}"
 
 [[vserver]]
 name = "C2S"
@@ -264,6 +267,37 @@ async def test_sigterm_tells_cleartext_streams_system_shutdown(
         gw.stop()
 
 
+def scrape(vip: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as {(sample name, sorted labels): value}, read with prometheus_client's own
+    parser (what a Prometheus server would take in)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{vip}:{METRICS_PORT}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def test_metrics_count_connections_and_show_real_state(
+        gateway: GatewayProcess, servers: Servers) -> None:
+    before = scrape(VIP)
+    ended = ("xmppgw_connections_total", (("error", "none"), ("vserver", "C2S")))
+    for user in ("alice", "bob", "carol"):
+        async with xmpp_session(servers.jid(user) + "/metrics", servers.password, VIP, 5222,
+                                send_presence=False):
+            pass
+    gateway.settle()
+    after = scrape(VIP)
+    assert after[ended] - before.get(ended, 0) == 3
+    ttfb = ("xmppgw_time_to_first_server_byte_seconds_count",
+            (("serverfarm", FARM), ("vserver", "C2S")))
+    assert after[ttfb] - before.get(ttfb, 0) == 3
+    for address in servers.ejabberd_addresses:
+        labels = (("real", address), ("serverfarm", FARM), ("state", "OPERATIONAL"))
+        assert after[("xmppgw_real_state", labels)] == 1.0
+    assert after[("xmppgw_bytes_total", (("direction", "to_client"), ("vserver", "C2S")))] > 0
+
+
 @pytest.fixture(scope="module")
 def workers_gateway(servers: Servers, control_dir: Path,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
@@ -285,6 +319,9 @@ async def test_with_workers_commands_and_reload_reach_every_worker(
         assert workers == {0, 1}  # both workers took logins ...
         assert all(real_of(gw, c) != node for c in clients)  # ... and both kept off the node
         xmppgw("real", FARM, node, "inservice", "-c", str(cfg))
+        handed = sum(value for (name, _), value in scrape(VIP_WORKERS).items()
+                     if name == "xmppgw_real_connections_total")
+        assert handed == len(clients)  # counted by two workers, summed by the scrape
 
         dropped = servers.ejabberd_addresses[0]
         original = cfg.read_text()

@@ -429,7 +429,7 @@ class Stuck(Check):
 
 
 async def test_a_probe_that_hangs_is_never_started_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_module, "make_check", lambda config, host, port, tls: Stuck(
+    monkeypatch.setattr(runner_module, "make_check", lambda config, host, port, tls, proxy: Stuck(
         config, host, port))
     monkeypatch.setattr(runner_module, "probe_once", lambda check, timeout: check.run())
     Stuck.runs, Stuck.release = 0, asyncio.Event()

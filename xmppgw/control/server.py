@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import os
+import pwd
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -24,10 +26,14 @@ REQUEST_TIMEOUT = 10.0
 
 
 class ControlServer:
-    def __init__(self, path: str, handler: Handler, log: Any) -> None:
+    """`group` (gateway.control_group): members of that group may use the socket as well;
+    the file is then mode 0660 and owned by the group."""
+
+    def __init__(self, path: str, handler: Handler, log: Any, group: str | None = None) -> None:
         self.path = Path(path)
         self.handler = handler
         self.log = log
+        self.group = grp.getgrnam(group) if group else None
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -39,7 +45,11 @@ class ControlServer:
                                                           limit=MAX_REQUEST)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        if self.group is None:
+            os.chmod(self.path, 0o600)
+        else:
+            os.chown(self.path, -1, self.group.gr_gid)
+            os.chmod(self.path, 0o660)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -54,8 +64,8 @@ class ControlServer:
             # Read the request in every case (bounded in size and time), so a refused client
             # gets its answer rather than a reset in the middle of its write.
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-            uid = _peer_uid(writer.get_extra_info("socket"))
-            if uid not in (0, os.getuid()):
+            uid, gid = _peer_ids(writer.get_extra_info("socket"))
+            if not self._allowed(uid, gid):
                 self.log.warning("control_refused", uid=uid)
                 reply: dict[str, Any] = {"ok": False, "error": "permission denied"}
             else:
@@ -80,9 +90,24 @@ class ControlServer:
         return result  # type: ignore[return-value]
 
 
-def _peer_uid(sock: Any) -> int:
+    def _allowed(self, uid: int, gid: int) -> bool:
+        if uid in (0, os.getuid()):
+            return True
+        if self.group is None:
+            return False
+        if gid == self.group.gr_gid:
+            return True
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return False
+        return name in self.group.gr_mem
+
+
+def _peer_ids(sock: Any) -> tuple[int, int]:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    _pid, uid, gid = struct.unpack("3i", creds)
+    return uid, gid
 
 
 def _remove_stale(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from xmppgw.dns.publisher import SrvPublisher
 from xmppgw.dns.records import Health
 from xmppgw.health.runner import ProbeRunner
 from xmppgw.health.state import RealVerdict
+from xmppgw.metrics import Metrics
 from xmppgw.net.session import ClientSession
 from xmppgw.net.shared import AdminTable, ConfigSlot, Row, RowMap, SharedTable
 from xmppgw.net.sockopts import apply_keepalive
@@ -108,6 +110,8 @@ class Gateway:
         self._index_reals()
         self.vservers = [VserverRuntime(v) for v in config.vservers]
         self._admin_seen = -1
+        self._vservers_seen = -1
+        self._vservers_lock = asyncio.Lock()
         self._admin_timer: asyncio.TimerHandle | None = None
         self.config_generation = self.slot.generation()
         self._reloaded = asyncio.Event()
@@ -119,6 +123,8 @@ class Gateway:
         self._sweep: asyncio.TimerHandle | None = None
         # Zero-copy relay for opaque streams where the platform has os.splice.
         self.pipes = PipePool() if config.gateway.relay == "splice" and SPLICE else None
+        self.metrics: Metrics | None = Metrics() if config.gateway.metrics else None
+        self._metrics_server: Any = None
 
     def _index_reals(self) -> None:
         self.real_index = {real: self.rows.reals[(farm.name, real.name)]
@@ -129,7 +135,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         if self.config.gateway.control_socket and self.worker == 0:
             self.control = ControlServer(self.config.gateway.control_socket, self.command,
-                                         self.log)
+                                         self.log, self.config.gateway.control_group)
             try:
                 await self.control.start()
             except OSError as exc:
@@ -155,6 +161,8 @@ class Gateway:
                 self.health.start()
             else:
                 self.health = None
+        if self.worker == 0 and self.config.gateway.metrics is not None:
+            self._start_metrics(self.config.gateway.metrics)
         if self.worker == 0 and self.config.srv is not None:
             self.srv = SrvPublisher(self.config, self.log, self.srv_health)
             try:
@@ -195,6 +203,24 @@ class Gateway:
         vs.server.close()
         vs.server = None
 
+    def _start_metrics(self, address: Any) -> None:
+        from xmppgw.metrics import serve
+
+        loop = asyncio.get_running_loop()
+
+        def snapshot() -> dict[str, Any]:
+            """Called on the HTTP thread: the engine is read on the loop's own thread."""
+            done: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+            loop.call_soon_threadsafe(lambda: done.set_result(self.snapshot(loop.time())))
+            return done.result(timeout=5)
+
+        try:
+            self._metrics_server = serve(address.host, address.port, snapshot)
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics: cannot listen on {address}: "
+                          f"{exc.strerror}") from None
+        self.log.info("metrics_listening", address=str(address))
+
     def srv_health(self) -> Health:
         """What the SRV records are built from: the vservers listening now, and each real's
         state as every worker sees it (sync_peers: FAILED marks of the other workers)."""
@@ -203,8 +229,8 @@ class Gateway:
             self.sync_peers(farm)
         states = {(farm.name, real.name): farm.state(real, now)
                   for farm in self.farms.values() for real in farm.reals}
-        return Health(frozenset(vs.name for vs in self.vservers if vs.server is not None),
-                      states)
+        up = () if self.stopping else (vs.name for vs in self.vservers if vs.server is not None)
+        return Health(frozenset(up), states)
 
     def probe_verdict(self, verdict: RealVerdict) -> None:
         """The probes changed their mind about a real: tell the engine, log the state
@@ -322,7 +348,7 @@ class Gateway:
         self.admin.set_vserver(self.rows.vservers[vs.name], inservice, drain_wall)
         self.log.warning("operator_vserver", vserver=vs.name, inservice=inservice, drain=drain)
         try:
-            await self._apply_vservers()
+            await self._apply_vservers(strict=True)
         except OSError as exc:
             return {"ok": False, "error": exc.strerror or str(exc)}
         return {"ok": True, "data": {"vserver": vs.name, "inservice": vs.server is not None}}
@@ -353,18 +379,30 @@ class Gateway:
         if self.srv is not None:
             self.srv.changed()
 
-    async def _apply_vservers(self) -> None:
-        """Listen or stop listening as the admin table and config say."""
-        self.apply_admin()
-        for vs in self.vservers:
-            if vs.retired:
-                continue
-            wanted = self._wanted(vs)
-            if wanted and vs.server is None and not self.stopping:
-                await self._listen(vs)
-            elif not wanted and vs.server is not None:
-                self._unlisten(vs)
-                self.log.info("vserver_out_of_service", vserver=vs.name)
+    async def _apply_vservers(self, strict: bool = False) -> None:
+        """Listen or stop listening as the admin table and config say.
+
+        Serialised (a tick and a command may both ask), and tracked by its own generation:
+        `apply_admin` also runs before every pick, and must not make a vserver change look
+        done here. A vserver that cannot listen is logged; `strict` raises it to the caller."""
+        async with self._vservers_lock:
+            self._vservers_seen = self.admin.generation()
+            self.apply_admin()
+            for vs in self.vservers:
+                if vs.retired:
+                    continue
+                wanted = self._wanted(vs)
+                if wanted and vs.server is None and not self.stopping:
+                    try:
+                        await self._listen(vs)
+                    except OSError as exc:
+                        self.log.error("vserver_listen_failed", vserver=vs.name,
+                                       error=exc.strerror or str(exc))
+                        if strict:
+                            raise
+                elif not wanted and vs.server is not None:
+                    self._unlisten(vs)
+                    self.log.info("vserver_out_of_service", vserver=vs.name)
         if self.srv is not None:
             self.srv.changed()
 
@@ -372,7 +410,7 @@ class Gateway:
         """Every ADMIN_TICK: take up other workers' commands, close what a drain ended."""
         loop = asyncio.get_running_loop()
         self._admin_timer = loop.call_later(ADMIN_TICK, self._admin_tick)
-        if self.admin.generation() != self._admin_seen:
+        if self.admin.generation() != self._vservers_seen and not self._vservers_lock.locked():
             loop.create_task(self._apply_vservers())
         now = loop.time()
         drained = {real for farm in self.farms.values() for real in farm.reals_to_drain(now)}
@@ -473,11 +511,28 @@ class Gateway:
                 self.health.start()
             else:
                 self.health = None
-        if self.srv is not None and hasattr(self.srv, "reload"):
-            await self.srv.reload(config)
+        await self._reload_srv(config)
         self.last_reload = summary
         self.log.warning("reloaded", config=config.path, **summary)
         return summary
+
+    async def _reload_srv(self, config: Config) -> None:
+        """`[srv]` added, changed or removed by a reload (worker 0 publishes)."""
+        if self.worker != 0:
+            return
+        if config.srv is None:
+            if self.srv is not None:
+                await self.srv.stop()
+                self.srv = None
+        elif self.srv is not None:
+            await self.srv.reload(config)
+        else:
+            self.srv = SrvPublisher(config, self.log, self.srv_health)
+            try:
+                await self.srv.start()
+            except OSError as exc:
+                self.srv = None
+                self.log.error("srv_start_failed", error=exc.strerror or str(exc))
 
     def _reload_farms(self, old: Config, new: Config, now: float,
                       summary: dict[str, Any]) -> None:
@@ -583,9 +638,6 @@ class Gateway:
         §4.9.3.21: the client reconnects, and the SRV records or the other gateway take
         it); the opaque ones get up to `shutdown_timeout` seconds to end on their own."""
         self.stopping = True
-        if self.srv is not None:
-            await self.srv.stop()
-            self.srv = None
         for timer in (self._sweep, self._admin_timer):
             if timer is not None:
                 timer.cancel()
@@ -594,11 +646,21 @@ class Gateway:
             self.health = None
         if self.control is not None:
             await self.control.stop()
+        if self._metrics_server is not None:
+            server, self._metrics_server = self._metrics_server, None
+            await asyncio.get_running_loop().run_in_executor(None, server.shutdown)
+            server.server_close()
         for vs in self.vservers:
             if vs.server is not None:
                 vs.server.close()
+        if self.srv is not None and graceful:
+            self.srv.refresh()  # the gateway's own targets leave the SRV answers first:
+            # clients told <system-shutdown/> find the reals (or the other gateway) there
         if graceful and self.sessions:
             await self._wind_down(self.config.gateway.shutdown_timeout)
+        if self.srv is not None:
+            await self.srv.stop()
+            self.srv = None
         for session in list(self.sessions):
             session.close()
         for vs in self.vservers:

@@ -53,6 +53,7 @@ class ClientSession(asyncio.Protocol):
         "client",
         "client_eof",
         "client_lost",
+        "connect_started",
         "domain",
         "error",
         "farm",
@@ -125,6 +126,7 @@ class ClientSession(asyncio.Protocol):
         self.proxy_reader: proxyproto.ProxyHeaderReader | None = None
         self.proxy_header: bytes | None = None  # what this session's real legs start with
         self.admission: Admission | None = None  # the limits that counted this connection
+        self.connect_started = 0.0
 
     # --- client leg -------------------------------------------------------------------
 
@@ -135,6 +137,8 @@ class ClientSession(asyncio.Protocol):
         self.header_timer = self.loop.call_later(
             self.vserver.config.header_timeout, self._header_timed_out)
         self.gateway.sessions.add(self)
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.opened(self.vserver.name)
         if peer:
             self.peer = peer[:2]
         local = transport.get_extra_info("sockname")
@@ -157,6 +161,8 @@ class ClientSession(asyncio.Protocol):
             return
         self.vserver.note_refusal(self.gateway.log, self.client, verdict.reason or "limit",
                                   self.loop.time())
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.limit_refused(self.vserver.name, verdict.reason or "limit")
         if self.vserver.config.mode == "starttls":
             self.fail("policy-violation", f"connection limit {verdict.reason} reached")
         else:
@@ -365,6 +371,7 @@ class ClientSession(asyncio.Protocol):
 
     def _start_connect(self, farm_name: str) -> None:
         self.phase = CONNECTING
+        self.connect_started = self.loop.time()
         self.farm = self.gateway.farms[farm_name]
         # Hold the client until a real has answered: its buffered bytes may have to be
         # replayed to another real, and nothing else arrives meanwhile (the kernel's window
@@ -417,6 +424,9 @@ class ClientSession(asyncio.Protocol):
         self.upstream = leg
         self.phase = RELAYING
         self.buffer = None
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.committed(self.vserver.name, self.farm.name,  # type: ignore[union-attr]
+                                           real.name, self.loop.time() - self.connect_started)
         if self.gateway.config.gateway.log_connect:  # HAProxy's `option logasap`
             self.gateway.log.info("connected", client=self.client, vserver=self.vserver.name,
                                   kind=self.kind, to=self.domain, sni=self.sni,
@@ -637,6 +647,9 @@ class ClientSession(asyncio.Protocol):
             self.gateway.sessions.discard(self)
             if self.admission is not None and self.peer is not None:
                 self.admission.release(self.peer[0], self.loop.time())
+            if self.gateway.metrics is not None:
+                self.gateway.metrics.closed(self.vserver.name, self.error,
+                                            self.bytes_from_client, self.bytes_to_client)
             self.gateway.log.info(
                 "connection",
                 client=self.client,

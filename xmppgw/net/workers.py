@@ -21,6 +21,7 @@ from typing import Any
 from xmppgw import config as configmod
 from xmppgw.config import Config
 from xmppgw.log import flush as flush_log
+from xmppgw.metrics import cleanup_multiprocess, prepare_multiprocess, worker_died
 from xmppgw.net.gateway import Gateway, ReloadRefused, WorkerShared, listen_socket, make_shared
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
@@ -30,6 +31,15 @@ RESPAWN_PAUSE = 1.0  # a worker that dies at once is not restarted in a tight lo
 def run(config: Config, log: Any, loop_factory: LoopFactory) -> int:
     if config.gateway.workers == 1:
         return run_worker(config, log, loop_factory)
+    metrics_dir = prepare_multiprocess() if config.gateway.metrics else None
+    try:
+        return _run_master(config, log, loop_factory)
+    finally:
+        if metrics_dir is not None:
+            cleanup_multiprocess(metrics_dir)
+
+
+def _run_master(config: Config, log: Any, loop_factory: LoopFactory) -> int:
     try:
         sockets = bind_all(config)
     except OSError as exc:
@@ -125,6 +135,7 @@ class Master:
             except ChildProcessError:
                 break
             worker, started = self.children.pop(pid)
+            worker_died(pid)
             if self.stopping:
                 continue
             self.log.warning("worker_exited", worker=worker, pid=pid,
