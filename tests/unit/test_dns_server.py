@@ -317,3 +317,51 @@ def test_queries_mangled_or_not_get_at_most_what_they_invite(
         limit = max(limit, max_udp or 1232)
     assert len(reply) <= limit
     struct.unpack("!HHHHHH", reply[:12])
+
+
+def same_answer(a: bytes | None, b: bytes | None) -> bool:
+    """Equal but for the order of records inside an RRset (dnspython shuffles them)."""
+    if a is None or b is None or a[3] & 0x0F not in (0, 3):
+        return a == b
+    x, y = dns.message.from_wire(a), dns.message.from_wire(b)
+
+    def records(message: dns.message.Message, part: str) -> list[str]:
+        return sorted(f"{rrset.name} {rrset.ttl} {rdata}"
+                      for rrset in getattr(message, part) for rdata in rrset)
+
+    return (x.id, x.flags, x.rcode(), x.question) == (y.id, y.flags, y.rcode(), y.question) \
+        and all(records(x, part) == records(y, part)
+                for part in ("answer", "authority", "additional"))
+
+
+@given(st.binary(max_size=80), st.integers(0, 0xFFFF))
+@settings(max_examples=200, deadline=None)
+def test_the_answer_cache_answers_as_answer_does(junk: bytes, qid: int) -> None:
+    """Whatever the query, a cached answer is the uncached one (records shuffled alike),
+    with the asking query's ID; a new published set is never answered from the old one's."""
+    from xmppgw.dns.server import AnswerCache
+
+    cache = AnswerCache(size=4, variants=2)
+    good = query("_xmpp-client._tcp.example.test", "SRV").to_wire()
+    asked = qid.to_bytes(2, "big") + good[2:]
+    for wire in (good, junk, good[:2] + junk, asked, good, asked, good):
+        assert same_answer(cache.answer(wire, SMALL, 1232), answer(wire, SMALL, 1232))
+        assert same_answer(cache.answer(wire, SMALL, 1232, over_tcp=True),
+                           answer(wire, SMALL, 1232, over_tcp=True))
+    assert same_answer(cache.answer(good, LARGE, 1232), answer(good, LARGE, 1232))
+
+
+def test_the_answer_cache_keeps_shuffling_and_only_good_answers() -> None:
+    from xmppgw.dns.server import AnswerCache
+
+    cache = AnswerCache(size=2, variants=8)
+    srv = query("_xmpp-client._tcp.example.test", "SRV").to_wire()
+    firsts = set()
+    for _ in range(200):
+        reply = dns.message.from_wire(cache.answer(srv, SMALL, 1232))  # type: ignore[arg-type]
+        firsts.add(str(reply.answer[0][0].target))
+    assert len(firsts) == 4  # every target comes first sometimes: the order still varies
+    for name in ("nothing.example.test", "xmpp.example.test"):
+        cache.answer(query(name, "SRV").to_wire(), SMALL, 1232)
+    cache.answer(b"\x00\x01" + b"\x01" * 30, SMALL, 1232)  # FORMERR: not kept
+    assert len(cache._answers) == 2
