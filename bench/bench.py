@@ -414,7 +414,7 @@ FIGURES = [  # key, label (as printed), unit, lower is better
       for n in RSS_STEPS],
     ("dns", "DNS answers/s (dnsperf, embedded DNS)", "1/s", False),
 ]
-SKIPPED = {"dns": "not built yet"}
+SKIPPED = {"dns": "measured by bench/dns.sh against BIND: see results/dns-latest.md"}
 NOT_APPLICABLE = {  # (figure, target): why there is no number
     ("iperf3", "xmppgw"): "n/a (no header)",
     **{(k, "direct"): "-" for k in
