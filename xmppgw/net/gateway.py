@@ -161,15 +161,15 @@ class Gateway:
                 self.health.start()
             else:
                 self.health = None
-        if self.worker == 0 and self.config.gateway.metrics is not None:
-            self._start_metrics(self.config.gateway.metrics)
-        if self.worker == 0 and self.config.srv is not None:
-            self.srv = SrvPublisher(self.config, self.log, self.srv_health)
-            try:
+        try:
+            if self.worker == 0 and self.config.gateway.metrics is not None:
+                self._start_metrics(self.config.gateway.metrics)
+            if self.worker == 0 and self.config.srv is not None:
+                self.srv = SrvPublisher(self.config, self.log, self.srv_health)
                 await self.srv.start()
-            except OSError:
-                await self.stop()
-                raise
+        except OSError:
+            await self.stop()
+            raise
 
     def _wanted(self, vs: VserverRuntime) -> bool:
         """In service: the operator's last word if any, else the config's."""

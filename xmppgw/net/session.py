@@ -638,8 +638,11 @@ class ClientSession(asyncio.Protocol):
             if version == "v1":
                 self.proxy_header = proxyproto.encode_v1(self.peer, self.local)
             else:
-                self.proxy_header = proxyproto.encode_v2(self.peer, self.local,
-                                                         authority=self.domain)
+                try:
+                    self.proxy_header = proxyproto.encode_v2(self.peer, self.local,
+                                                             authority=self.domain)
+                except ValueError:  # a `to` no AUTHORITY TLV can carry: leave it out
+                    self.proxy_header = proxyproto.encode_v2(self.peer, self.local)
         return self.proxy_header
 
     def _finish_if_done(self) -> None:
