@@ -68,3 +68,26 @@ def test_one_worker_sees_no_peers() -> None:
     table = SharedTable(1, 3)
     exchange(table, [a], 0.0)
     assert [r.peer_load for r in a.reals] == [0, 0, 0]
+
+
+def test_a_reader_never_sees_a_row_half_written() -> None:
+    """Another worker rewriting its row (same values) must never be read as zeros.
+
+    `Struct.pack_into` zero-fills the record before writing it; read at that moment a
+    PROBE_FAILED real looked healthy to the other workers (the two-worker probe test caught
+    it flipping). 200,000 rewrites in a forked writer against reads here: not one torn."""
+    import os
+
+    table = SharedTable(2, 3)
+    row = Row(load=5, active=5, total=9, probe_failed=1.0, failed_until=123.5)
+    table.publish(0, 1, row)
+    pid = os.fork()
+    if pid == 0:  # the writer: another worker publishing its counters again and again
+        try:
+            for _ in range(200_000):
+                table.publish(0, 1, row)
+        finally:
+            os._exit(0)
+    torn = sum(1 for _ in range(200_000) if table.row(0, 1) != row)
+    os.waitpid(pid, 0)
+    assert torn == 0

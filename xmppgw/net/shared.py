@@ -27,6 +27,17 @@ _SLOT = {name: i for i, name in enumerate(FIELDS)}
 _ROW = struct.Struct(f"{_WIDTH}d")
 
 
+def _store(mem: mmap.mmap, layout: struct.Struct, offset: int, *values: Any) -> None:
+    """Write a record another process may be reading at that very moment.
+
+    Not `Struct.pack_into`: CPython's zero-fills the whole record before writing the fields
+    (s_pack_internal's memset), so a reader in another worker could see zeros for a moment:
+    a PROBE_FAILED real read as healthy, a FAILED one as serving (seen in the tests). Packing
+    aside and copying in one slice assignment writes each aligned 8-byte field once, so a
+    reader sees every field either old or new, never zero."""
+    mem[offset:offset + layout.size] = layout.pack(*values)
+
+
 class Row(NamedTuple):
     load: float = 0
     active: float = 0
@@ -58,7 +69,7 @@ class SharedTable:
         return (worker * self.reals + real) * _ROW.size
 
     def publish(self, worker: int, real: int, row: Row) -> None:
-        _ROW.pack_into(self._mem, self._offset(worker, real), *row)
+        _store(self._mem, _ROW, self._offset(worker, real), *row)
 
     def row(self, worker: int, real: int) -> Row:
         return Row(*_ROW.unpack_from(self._mem, self._offset(worker, real)))
@@ -146,10 +157,10 @@ class AdminTable:
         return int(_ADMIN_HEAD.unpack_from(self._mem, 0)[0])
 
     def _bump(self) -> None:
-        _ADMIN_HEAD.pack_into(self._mem, 0, self.generation() + 1)
+        _store(self._mem, _ADMIN_HEAD, 0, self.generation() + 1)
 
     def set_real(self, row: int, inservice: bool, drain_wall: float | None) -> None:
-        _ADMIN_REAL.pack_into(self._mem, _ADMIN_HEAD.size + row * _ADMIN_REAL.size,
+        _store(self._mem, _ADMIN_REAL, _ADMIN_HEAD.size + row * _ADMIN_REAL.size,
                               1.0, float(inservice), drain_wall or 0.0)
         self._bump()
 
@@ -161,14 +172,14 @@ class AdminTable:
 
     def clear_real(self, row: int) -> None:
         """A reload whose file changes the real's `inservice` takes it back from the operator."""
-        _ADMIN_REAL.pack_into(self._mem, _ADMIN_HEAD.size + row * _ADMIN_REAL.size, 0, 0, 0)
+        _store(self._mem, _ADMIN_REAL, _ADMIN_HEAD.size + row * _ADMIN_REAL.size, 0, 0, 0)
         self._bump()
 
     def _vserver_offset(self, row: int) -> int:
         return _ADMIN_HEAD.size + self.reals * _ADMIN_REAL.size + row * _ADMIN_VSERVER.size
 
     def set_vserver(self, row: int, inservice: bool, drain_wall: float | None) -> None:
-        _ADMIN_VSERVER.pack_into(self._mem, self._vserver_offset(row), 1.0, float(inservice),
+        _store(self._mem, _ADMIN_VSERVER, self._vserver_offset(row), 1.0, float(inservice),
                                  drain_wall or 0.0)
         self._bump()
 
@@ -177,7 +188,7 @@ class AdminTable:
         return (inservice > 0, drain or None) if held else None
 
     def clear_vserver(self, row: int) -> None:
-        _ADMIN_VSERVER.pack_into(self._mem, self._vserver_offset(row), 0, 0, 0)
+        _store(self._mem, _ADMIN_VSERVER, self._vserver_offset(row), 0, 0, 0)
         self._bump()
 
 
@@ -196,7 +207,7 @@ class ConfigSlot:
             raise ValueError(f"config larger than {CONFIG_SLOT_BYTES >> 20} MiB")
         generation = self.generation() + 1
         self._mem[_SLOT_HEAD.size:_SLOT_HEAD.size + len(data)] = data
-        _SLOT_HEAD.pack_into(self._mem, 0, generation, len(data))
+        _store(self._mem, _SLOT_HEAD, 0, generation, len(data))
         return generation
 
     def generation(self) -> int:
