@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +45,27 @@ async def log_in_everyone(servers: Servers, gateway: GatewayProcess) -> None:
         say(f"{servers.jid('pat')} logged in through {VIP}:5222, routed to Prosody by domain")
 
 
+def run(*argv: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False,
+                            cwd=ROOT)
+    return (result.stdout + result.stderr).rstrip()
+
+
+def show_operations() -> None:
+    """What an operator sees: the IOS-style farm, the SRV records, a few metrics."""
+    config = str(ROOT / "conf" / "demo.toml")
+    say("$ xmppgw show serverfarms detail -c conf/demo.toml")
+    print(run(sys.executable, "-m", "xmppgw", "show", "serverfarms", "detail", "-c", config))
+    say(f"$ dig @{VIP} -p 5353 +short SRV _xmpp-client._tcp.example.test")
+    print(run("dig", f"@{VIP}", "-p", "5353", "+short", "SRV",
+              "_xmpp-client._tcp.example.test"))
+    say(f"$ curl http://{VIP}:9105/metrics | grep xmppgw_connections_total")
+    with urllib.request.urlopen(f"http://{VIP}:9105/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("xmppgw_connections_total"):
+                print(line)
+
+
 def main() -> int:
     base = make_base_dir()  # traversable by the ejabberd and prosody users
     say(f"starting a 3-node ejabberd cluster and Prosody under {base} ...")
@@ -61,6 +84,7 @@ def main() -> int:
                 print("  " + json.dumps({k: record[k] for k in (
                     "client", "vserver", "kind", "to", "sni", "starttls", "real",
                     "bytes_from_client", "bytes_to_client", "duration", "error")}))
+            show_operations()
             if sys.stdin.isatty():
                 say(f"try your own client: alice@example.test / secret at {VIP}:5222 "
                     "(self-signed certificate). Ctrl-C stops everything.")
