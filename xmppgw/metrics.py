@@ -61,6 +61,9 @@ class Metrics:
                              ["vserver", "direction"])
         self.refused = Counter("xmppgw_limit_refused", "Connections refused by a limit",
                                ["vserver", "limit"])
+        self.real_bytes = Counter("xmppgw_real_bytes", "Bytes relayed to and from each real, "
+                                  "counted when a connection ends",
+                                  ["serverfarm", "real", "direction"])
         self.real_connections = Counter("xmppgw_real_connections",
                                         "Client connections handed to a real",
                                         ["serverfarm", "real"])
@@ -71,11 +74,15 @@ class Metrics:
     def opened(self, vserver: str) -> None:
         self.active.labels(vserver).inc()
 
-    def closed(self, vserver: str, error: str | None, from_client: int, to_client: int) -> None:
+    def closed(self, vserver: str, error: str | None, from_client: int, to_client: int,
+               farm: str | None = None, real: str | None = None) -> None:
         self.active.labels(vserver).dec()
         self.connections.labels(vserver, error or "none").inc()
         self.bytes.labels(vserver, "from_client").inc(from_client)
         self.bytes.labels(vserver, "to_client").inc(to_client)
+        if farm is not None and real is not None:
+            self.real_bytes.labels(farm, real, "to_real").inc(from_client)
+            self.real_bytes.labels(farm, real, "from_real").inc(to_client)
 
     def committed(self, vserver: str, farm: str, real: str, seconds: float) -> None:
         self.real_connections.labels(farm, real).inc()

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from slixmpp import ClientXMPP
@@ -295,7 +296,17 @@ async def test_metrics_count_connections_and_show_real_state(
     for address in servers.ejabberd_addresses:
         labels = (("real", address), ("serverfarm", FARM), ("state", "OPERATIONAL"))
         assert after[("xmppgw_real_state", labels)] == 1.0
-    assert after[("xmppgw_bytes_total", (("direction", "to_client"), ("vserver", "C2S")))] > 0
+    def sent(scrape: dict[Any, float]) -> tuple[float, float]:
+        to_client = scrape.get(("xmppgw_bytes_total",
+                                (("direction", "to_client"), ("vserver", "C2S"))), 0.0)
+        from_reals = sum(value for (name, labels), value in scrape.items()
+                         if name == "xmppgw_real_bytes_total"
+                         and ("direction", "from_real") in labels)
+        return to_client, from_reals
+
+    (to_before, reals_before), (to_after, reals_after) = sent(before), sent(after)
+    assert to_after - to_before > 0
+    assert reals_after - reals_before == to_after - to_before  # each byte came from a real
 
 
 @pytest.fixture(scope="module")

@@ -651,8 +651,9 @@ class ClientSession(asyncio.Protocol):
             if self.admission is not None and self.peer is not None:
                 self.admission.release(self.peer[0], self.loop.time())
             if self.gateway.metrics is not None:
-                self.gateway.metrics.closed(self.vserver.name, self.error,
-                                            self.bytes_from_client, self.bytes_to_client)
+                self.gateway.metrics.closed(
+                    self.vserver.name, self.error, self.bytes_from_client, self.bytes_to_client,
+                    self.farm.name if self.farm else None, self.real.name if self.real else None)
             self.gateway.log.info(
                 "connection",
                 client=self.client,
