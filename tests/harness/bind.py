@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -48,12 +47,12 @@ from .proc import (
     SystemUser,
     chown_tree,
     kill_and_wait,
-    kill_pids,
     owner_pid_dead,
     pid_alive,
     pids_where,
     poll,
     port_accepts,
+    stop_process,
     tail,
 )
 
@@ -213,17 +212,7 @@ class Bind:
         """SIGTERM, then SIGKILL after a grace period; also any stray named of this config.
         Safe to call repeatedly."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            kill_pids([process.pid], signal.SIGCONT)  # a test may have left it SIGSTOPped
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        strays = pids_where(lambda argv: _conf_path(argv) == str(self.conf_path))
-        if strays:
-            kill_and_wait(strays)
+        stop_process(process, lambda argv: _conf_path(argv) == str(self.conf_path), STOP_TIMEOUT)
 
     @property
     def pid(self) -> int:

@@ -158,6 +158,24 @@ def kill_and_wait(pids: Sequence[int], timeout: float = 10.0) -> None:
     poll(lambda: not any(pid_alive(p) for p in pids), timeout, f"pids {list(pids)} to die")
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, stray: Callable[[list[str]], bool],
+                 timeout: float = 10.0) -> None:
+    """Stop a server we started: SIGCONT (a test may have left it SIGSTOPped), SIGTERM, then
+    SIGKILL after `timeout`; then any stray process whose argv `stray` recognises (one
+    started by an earlier attempt, or forked). Safe on a process already gone."""
+    if process is not None and process.poll() is None:
+        kill_pids([process.pid], signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    strays = pids_where(stray)
+    if strays:
+        kill_and_wait(strays)
+
+
 def owner_pid_dead(pid_text: str) -> bool:
     """True if the harness run that owns a resource tagged with ``pid_text`` is gone.
 

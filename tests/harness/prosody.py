@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,12 +24,12 @@ from .proc import (
     base_env,
     chown_tree,
     kill_and_wait,
-    kill_pids,
     owner_pid_dead,
     pids_where,
     poll,
     port_accepts,
     run_as,
+    stop_process,
     tail,
 )
 
@@ -153,17 +152,8 @@ class Prosody:
         """SIGTERM, then SIGKILL after a grace period; also kills any stray process running
         this config. Safe to call repeatedly."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            kill_pids([process.pid], signal.SIGCONT)  # a test may have left it SIGSTOPped
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        strays = pids_where(lambda argv: _config_path(argv) == str(self.config_path))
-        if strays:
-            kill_and_wait(strays)
+        stop_process(process, lambda argv: _config_path(argv) == str(self.config_path),
+                     STOP_TIMEOUT)
 
     @property
     def pid(self) -> int:
