@@ -349,17 +349,25 @@ class _Parser:
         self.real = _Real(host, port, number)
         self.farm.reals.append(self.real)
 
+    def _inservice(self, number: int, raw: str, words: list[str],
+                   target: _Real | _Vserver) -> bool:
+        """`inservice` / `no inservice` on a real or a vserver; True if the line was one."""
+        if words == ["no", "inservice"]:
+            target.inservice = False
+        elif words[0] == "inservice":
+            target.inservice = True
+            if len(words) > 1:
+                self._partly(number, raw, "imported as `inservice = true`; HSRP standby "
+                             "groups have no equivalent")
+        else:
+            return False
+        return True
+
     def _real_line(self, number: int, raw: str, words: list[str]) -> None:
         assert self.real is not None
         real, word = self.real, words[0]
-        if words == ["inservice"]:
-            real.inservice = True
-        elif words == ["no", "inservice"]:
-            real.inservice = False
-        elif word == "inservice":
-            real.inservice = True
-            self._partly(number, raw, "imported as `inservice = true`; HSRP standby groups "
-                         "have no equivalent")
+        if self._inservice(number, raw, words, real):
+            pass
         elif word in ("weight", "reassign", "retry", "maxconns"):
             self._number(number, raw, words, real)
         elif word == "faildetect":
@@ -405,14 +413,8 @@ class _Parser:
     def _vserver_line(self, number: int, raw: str, words: list[str]) -> None:
         assert self.vserver is not None
         vs, word = self.vserver, words[0]
-        if words == ["inservice"]:
-            vs.inservice = True
-        elif words == ["no", "inservice"]:
-            vs.inservice = False
-        elif word == "inservice":
-            vs.inservice = True
-            self._partly(number, raw, "imported as `inservice = true`; HSRP standby groups "
-                         "have no equivalent")
+        if self._inservice(number, raw, words, vs):
+            pass
         elif word == "virtual":
             self._virtual(number, raw, words, vs)
         elif word == "serverfarm" and len(words) >= 2:
