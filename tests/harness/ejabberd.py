@@ -47,6 +47,10 @@ from .reaper import start_reaper
 EJABBERDCTL = "ejabberdctl"
 C2S_PORT, C2S_TLS_PORT, S2S_PORT = 5222, 5223, 5269
 LISTEN_BACKLOG = 1024  # ejabberd's default accept backlog is 5: far too small under load
+# A listener whose "backlog" is EJABBERD_DEFAULT (None) gets no `backlog` key at all, so ejabberd
+# uses its own default, EJABBERD_DEFAULT_BACKLOG: the accept queue most operators run with.
+EJABBERD_DEFAULT = None
+EJABBERD_DEFAULT_BACKLOG = 5
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 20.0
 CTL_TIMEOUT = 60.0
@@ -183,6 +187,8 @@ class EjabberdCluster:
     uses for SRV lookups, or None to leave resolution alone. ``extra_listeners`` (ejabberd
     ``listen`` entries without ``ip``, e.g. ``{"port": 5280, "module": "ejabberd_c2s",
     "use_proxy_protocol": True}``) are added to every node, bound to the node's own address.
+    Every listener gets ``backlog: LISTEN_BACKLOG`` unless it names its own; one with
+    ``"backlog": EJABBERD_DEFAULT`` (None) gets no backlog key: ejabberd's default (5).
     """
 
     def __init__(
@@ -480,7 +486,10 @@ class EjabberdCluster:
         ]
         listeners = []
         for listener in [*base, *self.extra_listeners]:
-            listeners.append({"ip": node.address, "backlog": LISTEN_BACKLOG, **listener})
+            entry = {"ip": node.address, "backlog": LISTEN_BACKLOG, **listener}
+            if entry["backlog"] is EJABBERD_DEFAULT:
+                del entry["backlog"]  # ejabberd's own default, EJABBERD_DEFAULT_BACKLOG
+            listeners.append(entry)
         return listeners
 
 

@@ -7,7 +7,10 @@ Layout (all loopback, nothing bound to 0.0.0.0 except Erlang's epmd/distribution
   (e.g. pointing at the gateway) before the first federation attempt, because ejabberd refuses
   a domain for minutes after a failed s2s lookup.
 - ejabberd cluster for ``example.test``: nodes ej1/ej2/ej3 on 127.0.2.1/.2/.3, ports 5222
-  (STARTTLS), 5223 (direct TLS), 5269 (s2s).
+  (STARTTLS), 5223 (direct TLS), 5269 (s2s), all with a raised accept backlog
+  (``ejabberd.LISTEN_BACKLOG``); 5282 (STARTTLS, PROXY protocol first); and 5322 (STARTTLS)
+  and 5323 (direct TLS) with ejabberd's default backlog (5), as operators run it
+  (``DEFAULT_BACKLOG_PORTS``, for the reconnect-storm tests).
 - Prosody for ``pr.test`` on 127.0.3.1 (5222, 5269); its private hosts file maps
   ``example.test`` to 127.0.1.1, the gateway's virtual address (its s2s vserver is on 5269).
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from .dnsstub import DnsStub
-from .ejabberd import EjabberdCluster
+from .ejabberd import EJABBERD_DEFAULT, EjabberdCluster
 from .proc import parallel
 from .prosody import Prosody
 
@@ -41,6 +44,18 @@ DEFAULT_PROSODY_HOSTS: Mapping[str, str] = {EJABBERD_DOMAIN: GATEWAY_S2S_ADDRESS
 PROXY_C2S_PORT = 5282
 PROXY_LISTENERS = ({"port": PROXY_C2S_PORT, "module": "ejabberd_c2s", "starttls": True,
                     "use_proxy_protocol": True},)
+# ejabberd's default backlog (5), as operators run it: the same c2s listeners as 5222 and
+# 5223 (STARTTLS, direct TLS; same certificate), on other ports and without a `backlog` key.
+# The other listeners keep the raised backlog; the reconnect-storm tests use these.
+DEFAULT_BACKLOG_C2S_PORT = 5322
+DEFAULT_BACKLOG_C2S_TLS_PORT = 5323
+DEFAULT_BACKLOG_PORTS = (DEFAULT_BACKLOG_C2S_PORT, DEFAULT_BACKLOG_C2S_TLS_PORT)
+DEFAULT_BACKLOG_LISTENERS = (
+    {"port": DEFAULT_BACKLOG_C2S_PORT, "module": "ejabberd_c2s", "starttls": True,
+     "backlog": EJABBERD_DEFAULT},
+    {"port": DEFAULT_BACKLOG_C2S_TLS_PORT, "module": "ejabberd_c2s", "tls": True,
+     "backlog": EJABBERD_DEFAULT},
+)
 NAMED_USERS = ("alice", "bob", "carol")
 NUMBERED_USERS = 200
 PROSODY_USERS = ("pat",)
@@ -51,7 +66,8 @@ class Servers:
 
     ``prosody_hosts`` is Prosody's private hosts file (default: ``example.test`` at the
     gateway's s2s address); ``ejabberd_extra_listeners`` go to every node (see
-    EjabberdCluster), e.g. a ``use_proxy_protocol`` listener on another port.
+    EjabberdCluster): by default the ``use_proxy_protocol`` listener (PROXY_LISTENERS) and
+    the default-backlog listeners (DEFAULT_BACKLOG_LISTENERS).
 
     ``Servers(base_dir).start()`` brings everything up (raising, with log tails, if anything
     fails; whatever did start is stopped first); ``stop()`` always tears everything down and
@@ -62,7 +78,8 @@ class Servers:
         self,
         base_dir: Path,
         prosody_hosts: Mapping[str, str] = DEFAULT_PROSODY_HOSTS,
-        ejabberd_extra_listeners: Sequence[Mapping[str, Any]] = PROXY_LISTENERS,
+        ejabberd_extra_listeners: Sequence[Mapping[str, Any]] = (
+            *PROXY_LISTENERS, *DEFAULT_BACKLOG_LISTENERS),
     ) -> None:
         self.base_dir = Path(base_dir)
         self.password = PASSWORD
