@@ -86,7 +86,8 @@ class GatewayConfig:
     header_timeout: float = 10.0
     max_header_bytes: int = 4096
     max_hello_bytes: int = 16384
-    connect_timeout: float = 1.0
+    negotiation_timeout: float = 60.0
+    connect_timeout: float = 4.0
     hedge_delay: float = 0.2
     response_timeout: float = 5.0
     log_format: str = "auto"
@@ -156,6 +157,7 @@ class RealConfig:
     retry: float = 60.0
     inservice: bool = True
     maxconns: int | None = None
+    max_connecting: int | None = None  # None: the farm's
     standby: bool = False
     probes: tuple[ProbeConfig, ...] | None = None  # None: the farm's probes
 
@@ -165,10 +167,16 @@ class ServerfarmConfig:
     name: str
     nat: str = "server"
     predictor: str = "roundrobin"
-    connect_timeout: float = 1.0
+    connect_timeout: float = 4.0
     hedge_delay: float = 0.2
     response_timeout: float = 5.0
     slowstart: float = 30.0
+    # Overload (README, "Reconnect storms"): attempts in flight per real, the queue of
+    # client connections waiting for one, and Envoy's healthy panic threshold (percent).
+    max_connecting: int | None = 8
+    queue_timeout: float = 10.0
+    queue_length: int = 4096
+    panic_threshold: int = 50
     reals: tuple[RealConfig, ...] = ()
     probes: tuple[ProbeConfig, ...] = ()
     proxy_protocol: str | None = None  # "v1" | "v2": a PROXY header to reals and probes
@@ -224,6 +232,7 @@ class VserverConfig:
     kinds: tuple[str, ...] = ("c2s", "s2s")
     routes: tuple[Route, ...] = ()
     header_timeout: float = 10.0
+    negotiation_timeout: float = 60.0  # from accept until the stream goes opaque
     max_header_bytes: int = 4096
     max_hello_bytes: int = 16384
     accept_proxy: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -552,6 +561,8 @@ def _gateway(s: _Section) -> GatewayConfig:
         header_timeout=s.get("header_timeout", float, d.header_timeout, _positive),
         max_header_bytes=s.get("max_header_bytes", int, d.max_header_bytes, _at_least(256)),
         max_hello_bytes=s.get("max_hello_bytes", int, d.max_hello_bytes, _at_least(512)),
+        negotiation_timeout=s.get("negotiation_timeout", float, d.negotiation_timeout,
+                                  _positive),
         connect_timeout=s.get("connect_timeout", float, d.connect_timeout, _positive),
         hedge_delay=s.get("hedge_delay", float, d.hedge_delay, _not_negative),
         response_timeout=s.get("response_timeout", float, d.response_timeout, _not_negative),
@@ -566,6 +577,16 @@ def _gateway(s: _Section) -> GatewayConfig:
     )
     s.done()
     return gateway
+
+
+def _max_connecting(s: _Section, default: int | None) -> int | None:
+    """A count of attempts in flight, or 0 for no limit (None in the model)."""
+    value = s.get("max_connecting", int, default if default is not None else 0, _at_least(0))
+    return value or None
+
+
+def _percent(value: int) -> str | None:
+    return None if 0 <= value <= 100 else "must be a percentage, 0 (off) to 100"
 
 
 def _group_check(value: str) -> str | None:
@@ -586,6 +607,7 @@ def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
         real = _real(r)
         if real is not None:
             reals.append(real)
+    d = ServerfarmConfig("")
     farm = ServerfarmConfig(
         name=s.get("name", str),
         nat=s.get("nat", str, "server", _one_of(("server",))),
@@ -594,7 +616,11 @@ def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
         hedge_delay=s.get("hedge_delay", float, gateway.hedge_delay, _not_negative),
         response_timeout=s.get("response_timeout", float, gateway.response_timeout,
                                _not_negative),
-        slowstart=s.get("slowstart", float, 30.0, _not_negative),
+        slowstart=s.get("slowstart", float, d.slowstart, _not_negative),
+        max_connecting=_max_connecting(s, d.max_connecting),
+        queue_timeout=s.get("queue_timeout", float, d.queue_timeout, _not_negative),
+        queue_length=s.get("queue_length", int, d.queue_length, _at_least(0)),
+        panic_threshold=s.get("panic_threshold", int, d.panic_threshold, _percent),
         reals=tuple(reals),
         probes=_probes(s) or (),
         proxy_protocol=s.get("proxy_protocol", str, None, _one_of(PROXY_VERSIONS)),
@@ -622,6 +648,7 @@ def _real(s: _Section) -> RealConfig | None:
         retry=s.get("retry", float, 60.0, _positive),
         inservice=s.get("inservice", bool, True),
         maxconns=s.get("maxconns", int, None, _at_least(1)),
+        max_connecting=_max_connecting(s, None),
         standby=s.get("standby", bool, False),
         probes=_probes(s),
     )
@@ -763,6 +790,8 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
         kinds=tuple(kinds),
         routes=tuple(routes),
         header_timeout=s.get("header_timeout", float, gateway.header_timeout, _positive),
+        negotiation_timeout=s.get("negotiation_timeout", float, gateway.negotiation_timeout,
+                                  _positive),
         max_header_bytes=s.get("max_header_bytes", int, gateway.max_header_bytes, _at_least(256)),
         max_hello_bytes=s.get("max_hello_bytes", int, gateway.max_hello_bytes, _at_least(512)),
         accept_proxy=_networks(s, "accept_proxy"),

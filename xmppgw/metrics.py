@@ -67,6 +67,9 @@ class Metrics:
         self.real_connections = Counter("xmppgw_real_connections",
                                         "Client connections handed to a real",
                                         ["serverfarm", "real"])
+        self.queued_conns = Counter("xmppgw_queued_connections", "Client connections that "
+                                    "waited in a serverfarm's queue (every real at "
+                                    "max_connecting)", ["serverfarm"])
         self.ttfb = Histogram("xmppgw_time_to_first_server_byte_seconds",
                               "From the first connect attempt to the real's first byte",
                               ["vserver", "serverfarm"], buckets=TTFB_BUCKETS)
@@ -90,6 +93,9 @@ class Metrics:
 
     def limit_refused(self, vserver: str, limit: str) -> None:
         self.refused.labels(vserver, limit).inc()
+
+    def queued(self, farm: str) -> None:
+        self.queued_conns.labels(farm).inc()
 
 
 class StateCollector:
@@ -124,12 +130,23 @@ class StateCollector:
                                labels=["serverfarm", "real", "type"])
         vserver_up = GaugeMetricFamily("xmppgw_vserver_inservice", "1 if it takes clients",
                                        labels=["vserver"])
+        connecting = GaugeMetricFamily("xmppgw_real_connecting", "Attempts in flight to the "
+                                       "real (all workers; max_connecting caps them)",
+                                       labels=["serverfarm", "real"])
+        queue = GaugeMetricFamily("xmppgw_serverfarm_queue", "Client connections waiting "
+                                  "for a real with room (this worker)", labels=["serverfarm"])
+        panic = GaugeMetricFamily("xmppgw_serverfarm_panic", "1 while the serverfarm is in "
+                                  "panic mode (too few reals available: all in service "
+                                  "are used)", labels=["serverfarm"])
         for farm in data["serverfarms"]:
+            queue.add_metric([farm["name"]], farm["queue"])
+            panic.add_metric([farm["name"]], 1.0 if farm["panic"] else 0.0)
             for real in farm["reals"]:
                 key = [farm["name"], real["address"]]
                 for name in REAL_STATES:
                     state.add_metric([*key, name], 1.0 if real["state"] == name else 0.0)
                 conns.add_metric(key, real["conns"])
+                connecting.add_metric(key, real["connecting"])
                 weight.add_metric(key, real["weight"])
                 failed.add_metric(key, real["failed_attempts"])
                 reassigns.add_metric(key, real["reassigns"])
@@ -140,7 +157,8 @@ class StateCollector:
                         rtt.add_metric(labels, probe["last_rtt"])
         for vs in data["vservers"]:
             vserver_up.add_metric([vs["name"]], 1.0 if vs["inservice"] else 0.0)
-        yield from (state, conns, weight, failed, reassigns, rtt, up, vserver_up)
+        yield from (state, conns, weight, failed, reassigns, rtt, up, vserver_up, connecting,
+                    queue, panic)
 
 
 def serve(host: str, port: int, snapshot: Callable[[], dict[str, Any]]) -> Any:

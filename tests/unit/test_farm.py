@@ -27,7 +27,8 @@ def make_farm(*weights: int, predictor: str = "roundrobin", now: float = 0.0,
               slowstart: float = 0.0, **real: Any) -> Serverfarm:
     reals = tuple(RealConfig(Address(f"10.0.0.{i + 1}", None), weight=w, **real)
                   for i, w in enumerate(weights))
-    farm = ServerfarmConfig("F", predictor=predictor, slowstart=slowstart, reals=reals)
+    farm = ServerfarmConfig("F", predictor=predictor, slowstart=slowstart, reals=reals,
+                            max_connecting=None)
     return Serverfarm(farm, now)
 
 
@@ -335,6 +336,7 @@ def test_counters_and_events() -> None:
 PREDICTOR = st.sampled_from(["roundrobin", "leastconns", "sourcehash"])
 NOT_PICKABLE = {RealState.OUTOFSERVICE, RealState.FAILED, RealState.PROBE_FAILED,
                 RealState.MAXCONNS}
+PANIC_UNPICKABLE = {RealState.OUTOFSERVICE, RealState.MAXCONNS}
 
 
 class FarmMachine(RuleBasedStateMachine):
@@ -363,7 +365,8 @@ class FarmMachine(RuleBasedStateMachine):
                                  faildetect=Faildetect(numconns, numclients),
                                  standby=standby and i == 1)  # the 2nd real
                       for i, w in enumerate(weights))
-        cfg = ServerfarmConfig("F", predictor=predictor, slowstart=slowstart, reals=reals)
+        cfg = ServerfarmConfig("F", predictor=predictor, slowstart=slowstart, reals=reals,
+                            max_connecting=None)
         self.farm = Serverfarm(cfg, 0.0)
 
     @property
@@ -386,13 +389,15 @@ class FarmMachine(RuleBasedStateMachine):
         if real is None:
             return None
         assert real not in excluded
-        assert states[real] not in NOT_PICKABLE, states[real]
+        # In panic mode FAILED and PROBE_FAILED reals in service are pickable too.
+        unpickable = PANIC_UNPICKABLE if farm.panic else NOT_PICKABLE
+        assert states[real] not in unpickable, states[real]
         if states[real] is RealState.TESTING:
             assert pending[real] == 0
         if real.standby:
             for other in reals:
                 if not other.standby and other not in excluded:
-                    assert states[other] in NOT_PICKABLE or (
+                    assert states[other] in unpickable or (
                         states[other] is RealState.TESTING and pending[other] > 0)
         return (real, client)
 
@@ -453,6 +458,8 @@ class FarmMachine(RuleBasedStateMachine):
         for r in reals:
             if self.farm.state(r, self.now) is RealState.OUTOFSERVICE:
                 assert not r.inservice
+        available, inservice = self.farm.availability()
+        assert self.farm.panic == (available * 100 < 50 * inservice)
 
 
 TestFarmMachine = FarmMachine.TestCase
@@ -501,3 +508,61 @@ def test_reconfigure_follows_a_changed_inservice_and_keeps_an_unchanged_one() ->
                                         RealConfig(Address("10.0.0.2", None))))
     farm.reconfigure(back, 2.0)
     assert farm.state(b, 2.0) is RealState.OPERATIONAL
+
+
+# --- overload: only evidence about the real condemns it ---------------------------------------
+
+
+def time_out_on(farm: Serverfarm, real: Real, client: str, now: float) -> None:
+    real.pending += 1  # as if picked
+    farm.failed(real, client, now, "timeout", silent=True)
+
+
+def test_timeouts_never_fail_the_last_available_real() -> None:
+    """Two reals, one FAILED (refusing): the other one's SYNs are dropped by a full accept
+    queue; sixteen timeouts are counted but it stays in: silence is no proof of death."""
+    farm = make_farm(5, 5, faildetect=Faildetect(numconns=2, numclients=100))
+    a, b = farm.reals
+    fail_on(farm, a, "192.0.2.1:1", 0.0)
+    fail_on(farm, a, "192.0.2.1:2", 0.0)
+    assert farm.state(a, 0.0) is RealState.FAILED
+    for i in range(16):
+        time_out_on(farm, b, f"192.0.2.{i}:1", 1.0)
+    assert farm.state(b, 1.0) is RealState.OPERATIONAL
+    assert b.failed_attempts == 16
+    fail_on(farm, b, "192.0.2.1:3", 1.0)  # a refusal is evidence: it counts as ever
+    assert farm.state(b, 1.0) is RealState.FAILED
+
+
+def test_timeouts_still_fail_a_real_while_others_are_available() -> None:
+    farm = make_farm(5, 5, faildetect=Faildetect(numconns=2, numclients=100))
+    a, _ = farm.reals
+    time_out_on(farm, a, "192.0.2.1:1", 0.0)
+    time_out_on(farm, a, "192.0.2.2:1", 0.0)
+    assert farm.state(a, 0.0) is RealState.FAILED
+
+
+def test_an_answer_from_a_failed_real_brings_it_back() -> None:
+    """In panic mode a FAILED real gets connections; one that answers is OPERATIONAL again."""
+    farm = make_farm(5, 5, 5, faildetect=Faildetect(numconns=1, numclients=100))
+    a, b, c = farm.reals
+    fail_on(farm, a, "192.0.2.1:1", 0.0)
+    fail_on(farm, b, "192.0.2.1:2", 0.0)
+    assert farm.panic  # one of three available
+    picked = {farm.pick(f"192.0.2.{i}:1", 1.0) for i in range(3)}
+    assert picked == {a, b, c}
+    farm.connected(a, "192.0.2.1:1", 1.0)
+    assert farm.state(a, 1.0) is RealState.OPERATIONAL and not farm.panic
+    assert farm.drain_events()[-2].reason == "a connection succeeded"
+
+
+def test_max_connecting_counts_attempts_of_every_worker() -> None:
+    cfg = ServerfarmConfig("F", reals=(RealConfig(Address("10.0.0.1", None)),),
+                           max_connecting=2)
+    farm = Serverfarm(cfg, 0.0)
+    [real] = farm.reals
+    farm.observe_peers(real, 1, 0, 0, 0.0, 1, 0.0)  # another worker dials it once
+    assert farm.pick("192.0.2.1:1", 0.0) is real
+    assert farm.pick("192.0.2.2:1", 0.0) is None and farm.busy()
+    farm.abandoned(real, 0.0)
+    assert not farm.busy() and farm.pick("192.0.2.2:1", 0.0) is real

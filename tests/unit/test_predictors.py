@@ -18,7 +18,8 @@ def make_farm(*weights: int, predictor: str, slowstart: float = 0.0,
               **real: Any) -> Serverfarm:
     reals = tuple(RealConfig(Address(f"10.0.0.{i + 1}", None), weight=w, **real)
                   for i, w in enumerate(weights))
-    cfg = ServerfarmConfig("F", predictor=predictor, slowstart=slowstart, reals=reals)
+    cfg = ServerfarmConfig("F", predictor=predictor, slowstart=slowstart, reals=reals,
+                            max_connecting=None)
     return Serverfarm(cfg, 0.0)
 
 

@@ -167,13 +167,13 @@ def test_show_reals_detail_has_a_probe_column_and_the_errors() -> None:
             "last_error": "timeout after 2 s waiting for the stream header", "last_rtt": 0.0006,
             "last_change": None, "last_change_age": None, "runs": 9}
     up = {**down, "type": "tcp", "verdict": "up", "last_result": "ok", "last_error": None}
-    head = ("real       server farm  weight  state         conns  total  failed  reassigns"
-            "  since  probe")
+    head = ("real       server farm  weight  state         conns  connecting  total  failed"
+            "  reassigns  since  probe")
     assert show.reals(snapshot([down, up]), detail=True).splitlines() == [
         head,
         "-" * len(head),
-        ("127.0.2.1  XMPP         8       PROBE_FAILED  0      3      0       0          4s"
-         "     xmpp-ping DOWN, tcp up 0.6ms"),
+        ("127.0.2.1  XMPP         8       PROBE_FAILED  0      0/-         3      0       0"
+         "          4s     xmpp-ping DOWN, tcp up 0.6ms"),
         "",
         "probe errors:",
         "127.0.2.1 (XMPP) xmpp-ping:5222: timeout after 2 s waiting for the stream header",
@@ -193,7 +193,8 @@ class Log:
 
 
 async def test_worker_zeros_probe_verdict_reaches_the_other_workers() -> None:
-    cfg = config.loads('[[serverfarm]]\nname = "F"\n[[serverfarm.real]]\naddress = "10.0.0.1"\n'
+    cfg = config.loads('[[serverfarm]]\nname = "F"\nmax_connecting = 0\n'
+                       '[[serverfarm.real]]\naddress = "10.0.0.1"\n'
                        '[[serverfarm.real]]\naddress = "10.0.0.2"\n')
     shared = make_shared(cfg, 2)
     table = shared.table

@@ -71,3 +71,26 @@ def test_tables() -> None:
     rows = show.reals(snap, detail=True).splitlines()
     assert rows[0].split()[:4] == ["real", "server", "farm", "weight"]
     assert rows[5].split()[:5] == ["127.0.2.4", "XMPP", "5", "OUTOFSERVICE", "0"]
+
+
+def test_a_farm_in_panic_or_with_a_queue_says_so_and_a_quiet_one_does_not() -> None:
+    snap = seed_snapshot()
+    quiet = show.serverfarms_detail(snap)
+    assert "PANIC" not in quiet and "queue" not in quiet and "PANIC" not in show.serverfarms(snap)
+    snap["serverfarms"][0].update(panic=True, available=1, inservice=3, panic_threshold=50,
+                                  queue=7, queued_total=40, queue_timeouts=2)
+    detail = show.serverfarms_detail(snap).splitlines()
+    assert detail[2] == ("PANIC: 1 of 3 reals in service available, under panic_threshold 50%:"
+                         " balancing over all in service")
+    assert detail[3] == ("queue = 7 waiting for a real with room (queued since start 40,"
+                         " timed out 2)")
+    assert detail[4] == "Real servers:"
+    assert show.serverfarms(snap).splitlines()[-2].startswith("XMPP: PANIC: 1 of 3")
+
+
+def test_reals_detail_shows_attempts_in_flight_against_max_connecting() -> None:
+    snap = seed_snapshot()
+    snap["serverfarms"][0]["reals"][0].update(connecting=3, max_connecting=8)
+    rows = show.reals(snap, detail=True).splitlines()
+    assert rows[0].split()[6] == "connecting"  # "server farm" is two words
+    assert rows[2].split()[5] == "3/8"

@@ -25,7 +25,7 @@ def serverfarms_detail(snapshot: Snapshot) -> str:
                 f"nat = {farm['nat'].upper()}, interface(s) = <none>")
         counts = (f"virtuals inservice: {farm['virtuals_inservice']}, "
                   f"reals = {len(farm['reals'])}, bind id = 0")
-        lines = [head, counts, "Real servers:"]
+        lines = [head, counts, *_overload_lines(farm), "Real servers:"]
         lines += [f"{r['address']}, weight = {r['weight']}, {r['state']}, conns = {r['conns']}"
                   for r in farm["reals"]]
         lines.append(f"Total connections = {sum(r['conns'] for r in farm['reals'])}")
@@ -33,11 +33,30 @@ def serverfarms_detail(snapshot: Snapshot) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def _overload_lines(farm: dict[str, Any]) -> list[str]:
+    """Only when there is something to say, so a quiet farm reads exactly as IOS's."""
+    lines = []
+    if farm.get("panic"):
+        lines.append(panic_line(farm))
+    if farm.get("queue"):
+        lines.append(f"queue = {farm['queue']} waiting for a real with room"
+                     f" (queued since start {farm['queued_total']},"
+                     f" timed out {farm['queue_timeouts']})")
+    return lines
+
+
+def panic_line(farm: dict[str, Any]) -> str:
+    return (f"PANIC: {farm['available']} of {farm['inservice']} reals in service available,"
+            f" under panic_threshold {farm['panic_threshold']}%: balancing over all in service")
+
+
 def serverfarms(snapshot: Snapshot) -> str:
     rows = [("server farm", "predictor", "nat", "reals", "bind id")]
     rows += [(f["name"], f["predictor"].upper(), f["nat"][0].upper(), str(len(f["reals"])), "0")
              for f in snapshot["serverfarms"]]
-    return _table(rows)
+    notes = [f"{f['name']}: {line}" for f in snapshot["serverfarms"]
+             for line in _overload_lines(f)]
+    return _table(rows) + "".join(f"{line}\n" for line in notes)
 
 
 def reals(snapshot: Snapshot, detail: bool = False) -> str:
@@ -50,7 +69,7 @@ def reals(snapshot: Snapshot, detail: bool = False) -> str:
                             for r in f["reals"])
     head = ("real", "server farm", "weight", "state", "conns")
     if detail:
-        head += ("total", "failed", "reassigns", "since")
+        head += ("connecting", "total", "failed", "reassigns", "since")
     if probed:
         head += ("probe",)
     rows = [head]
@@ -59,7 +78,9 @@ def reals(snapshot: Snapshot, detail: bool = False) -> str:
         for r in farm["reals"]:
             row = (r["address"], farm["name"], str(r["weight"]), r["state"], str(r["conns"]))
             if detail:
-                row += (str(r["total"]), str(r["failed_attempts"]), str(r["reassigns"]),
+                limit = r.get("max_connecting")
+                row += (f"{r.get('connecting', 0)}/{limit if limit else '-'}",
+                        str(r["total"]), str(r["failed_attempts"]), str(r["reassigns"]),
                         f"{r['state_age']:.0f}s")
             if probed:
                 row += (", ".join(_probe_cell(p) for p in r.get("probes", [])) or "-",)

@@ -24,7 +24,7 @@ from xmppgw.net.shared import AdminTable, ConfigSlot, Row, RowMap, SharedTable
 from xmppgw.net.sockopts import apply_keepalive
 from xmppgw.net.splice import AVAILABLE as SPLICE
 from xmppgw.net.splice import PipePool
-from xmppgw.slb.farm import Real, Serverfarm
+from xmppgw.slb.farm import PanicChange, Real, Serverfarm
 from xmppgw.slb.limits import Admission
 
 LISTEN_BACKLOG = 1024
@@ -117,6 +117,8 @@ class Gateway:
         self._reloaded = asyncio.Event()
         self.stopping = False
         self.sessions: set[ClientSession] = set()
+        self.orphans: set[Any] = set()  # hedge losers still owing a verdict (UpstreamLeg)
+        self._wake_scheduled = False
         self.control: ControlServer | None = None
         self.health: ProbeRunner | None = None  # worker 0 only: reals are probed once
         self.srv: SrvPublisher | None = None  # worker 0 only: the SRV records ([srv])
@@ -269,22 +271,44 @@ class Gateway:
                     farm.probe_result(real, not failed, now)
 
     def engine_changed(self, farm: Serverfarm) -> None:
-        """After the engine ran: log every state change once, publish this worker's counters."""
+        """After the engine ran: log every state change once, publish this worker's counters,
+        and let waiting connections at a real that has room again."""
         changes = farm.drain_events()
         for change in changes:
+            if isinstance(change, PanicChange):
+                self.log.warning("farm_panic" if change.panic else "farm_panic_end",
+                                 farm=change.farm, available=change.available,
+                                 inservice=change.inservice, threshold=change.threshold)
+                continue
             self.log.warning("real_state", farm=change.farm, real=change.real,
                              old=str(change.old), new=str(change.new), reason=change.reason)
         if changes and self.srv is not None:
             self.srv.changed()
+        if farm.queue and not self._wake_scheduled:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake_waiters)
         if self.shared is None:
             return
         for real in farm.reals:
             self.shared.publish(self.worker, self.real_index[real], Row(
-                load=real.active + real.pending, active=real.active, total=real.total,
+                load=real.active + real.pending, pending=real.pending, active=real.active,
+                total=real.total,
                 failed_attempts=real.failed_attempts, reassigns=real.reassigns,
                 consecutive_failures=real.consecutive_failures,
                 failed_clients=len(real.failed_clients), failed_until=real.retry_at or 0.0,
                 probe_failed=float(real.probe_failed)))
+
+    def _wake_waiters(self) -> None:
+        """Hand freed slots to queued connections, oldest first (each pick takes its slot
+        before the next waiter is looked at, so none is handed out twice)."""
+        self._wake_scheduled = False
+        now = asyncio.get_running_loop().time()
+        for farm in self.farms.values():
+            if not farm.queue:
+                continue
+            self.sync_peers(farm)
+            while (plan := farm.next_waiter(now)) is not None:
+                plan.owner.resume(plan)  # type: ignore[attr-defined]
 
     def _counter(self, real: Real, field: str) -> int:
         """A real's counter over every worker (the shared table), or this process's own."""
@@ -412,6 +436,8 @@ class Gateway:
         self._admin_timer = loop.call_later(ADMIN_TICK, self._admin_tick)
         if self.admin.generation() != self._vservers_seen and not self._vservers_lock.locked():
             loop.create_task(self._apply_vservers())
+        if any(farm.queue for farm in self.farms.values()) and not self._wake_scheduled:
+            self._wake_waiters()  # slots freed by other workers show up here
         now = loop.time()
         drained = {real for farm in self.farms.values() for real in farm.reals_to_drain(now)}
         ended = {vs for vs in self.vservers if vs.drain_deadline is not None
@@ -615,12 +641,20 @@ class Gateway:
             users = [vs for vs in self.vservers if vs.server is not None and (
                 vs.config.serverfarm == farm.name
                 or any(r.serverfarm == farm.name for r in vs.config.routes))]
+            available, inservice = farm.availability()
             farms.append({
                 "name": farm.name, "predictor": farm.config.predictor, "nat": farm.config.nat,
                 "virtuals_inservice": len(users),
+                "panic": farm.panic, "available": available, "inservice": inservice,
+                "panic_threshold": farm.config.panic_threshold,
+                "queue": len(farm.queue), "queued_total": farm.queued_total,
+                "queue_timeouts": farm.queue_timeouts,
                 "reals": [{"address": real.name, "weight": real.config.weight,
                            "state": str(farm.state(real, now)),
                            "conns": self._counter(real, "active"),
+                           "connecting": real.connecting,
+                           "max_connecting": real.config.max_connecting
+                           or farm.config.max_connecting,
                            "total": self._counter(real, "total"),
                            "failed_attempts": self._counter(real, "failed_attempts"),
                            "reassigns": self._counter(real, "reassigns"),
@@ -663,6 +697,8 @@ class Gateway:
             self.srv = None
         for session in list(self.sessions):
             session.close()
+        for orphan in list(self.orphans):
+            orphan.cancel_orphan()
         for vs in self.vservers:
             if vs.server is not None:
                 await vs.server.wait_closed()

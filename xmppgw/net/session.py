@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from xmppgw.net.sockopts import apply_keepalive
 from xmppgw.net.splice import SpliceRelay
-from xmppgw.slb.plan import Abort, Action, Commit, Connect, ConnectPlan, GiveUp, Replay
+from xmppgw.slb.plan import (Abort, Action, Commit, Connect, ConnectPlan, Detach,
+                              DetachedAttempt, GiveUp, Queued, Replay)
 from xmppgw.wire import clienthello as tls
 from xmppgw.wire import proxyproto
 from xmppgw.wire.errors import stream_error, stream_header
@@ -35,6 +36,15 @@ if TYPE_CHECKING:
 ALPN_KINDS = {"xmpp-client": "c2s", "xmpp-server": "s2s"}  # XEP-0368 §3
 
 NO_BYTES: list[bytes] = []  # shared empty list for committed legs: never appended to
+# While a real is being found the client is still read, so a client that leaves (FIN or
+# reset) is seen at once and its attempts are dropped with no verdict on the real; past
+# this many buffered bytes reading pauses until the commit (the kernel's window holds more).
+MAX_CONNECT_BUFFER = 65536
+# After a stream error: the write side is shut, what the client still sends is read and
+# dropped for this long (at most LINGER_BYTES), then the socket closes. Closing with unread
+# data would send a reset that can destroy the error document in flight (HAProxy, nginx).
+LINGER_TIME = 2.0
+LINGER_BYTES = 65536
 
 # Phases of a session, in order.
 SNIFFING, CONNECTING, RELAYING, SPLICED, CLOSED = (
@@ -60,6 +70,10 @@ class ClientSession(asyncio.Protocol):
         "gateway",
         "header_timer",
         "hello",
+        "buffered",
+        "lingering",
+        "linger_timer",
+        "negotiation_timer",
         "kind",
         "legs",
         "local",
@@ -102,6 +116,10 @@ class ClientSession(asyncio.Protocol):
         else:
             self.hello = tls.ClientHelloReader(cfg.max_hello_bytes)
         self.header_timer: asyncio.TimerHandle | None = None
+        self.negotiation_timer: asyncio.TimerHandle | None = None
+        self.linger_timer: asyncio.TimerHandle | None = None
+        self.lingering = -1  # bytes dropped after a stream error; -1: not lingering
+        self.buffered = 0  # client bytes held while connecting
         self.plan: ConnectPlan | None = None
         self.plan_timer: asyncio.TimerHandle | None = None
         self.legs: dict[int, UpstreamLeg] = {}  # attempts in flight, by attempt id
@@ -132,17 +150,24 @@ class ClientSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.lingering = -1
         peer = transport.get_extra_info("peername")
         self.client = _format_peer(peer)  # (keepalive: inherited from the listening socket)
-        self.header_timer = self.loop.call_later(
-            self.vserver.config.header_timeout, self._header_timed_out)
         self.gateway.sessions.add(self)
         if self.gateway.metrics is not None:
             self.gateway.metrics.opened(self.vserver.name)
-        if peer:
-            self.peer = peer[:2]
         local = transport.get_extra_info("sockname")
-        self.local = local[:2] if local else None
+        if not peer or not local:
+            # Reset before accept() returned: asyncio could not read the addresses. Such a
+            # connection cannot be limited per IP nor announced in a PROXY header: end it.
+            self.error = "no-peer-address"
+            self.close()
+            return
+        self.peer, self.local = peer[:2], local[:2]
+        cfg = self.vserver.config
+        self.header_timer = self.loop.call_later(cfg.header_timeout, self._header_timed_out)
+        self.negotiation_timer = self.loop.call_later(cfg.negotiation_timeout,
+                                                      self._negotiation_timed_out)
         if self.vserver.config.accept_proxy and self.peer is not None and _listed(
                 self.peer[0], self.vserver.config.accept_proxy):
             self.proxy_reader = proxyproto.ProxyHeaderReader()  # limits count the real client
@@ -201,8 +226,16 @@ class ClientSession(asyncio.Protocol):
                 self._hello_events(self.hello.feed(data))  # type: ignore[union-attr]
         elif self.phase is CONNECTING:
             self.buffer.append(data)  # type: ignore[union-attr]
+            self.buffered += len(data)
+            if self.buffered > MAX_CONNECT_BUFFER and not self.paused_for_connect:
+                self.paused_for_connect = True
+                self.transport.pause_reading()  # type: ignore[union-attr]
             if self.tracker is not None:
                 self._starttls_events(self.tracker.client_data(data))
+        elif self.lingering >= 0:
+            self.lingering += len(data)
+            if self.lingering > LINGER_BYTES:
+                self.transport.abort()  # type: ignore[union-attr]
         elif self.phase is RELAYING:
             if self.tracker is not None:
                 self._starttls_events(self.tracker.client_data(data))
@@ -228,6 +261,9 @@ class ClientSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.relay is not None:
             return  # the transport let go after the handover: the splice relay owns the socket
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+            self.linger_timer = None
         self.client_lost = True
         if self.phase is not CLOSED:
             self.close()
@@ -306,6 +342,7 @@ class ClientSession(asyncio.Protocol):
     def _went_opaque(self, event: Opaque) -> None:
         self.starttls = event.starttls
         self.tracker = None  # relay opaquely from here on
+        self._cancel_negotiation_timer()
         self.splice_wanted = self.gateway.pipes is not None
 
     def _try_splice(self) -> None:
@@ -362,6 +399,27 @@ class ClientSession(asyncio.Protocol):
             self.error = "hello-timeout"
             self.close()
 
+    def _negotiation_timed_out(self) -> None:
+        """The cleartext phase (header, features, STARTTLS, or the ClientHello and the
+        connect) outlived `negotiation_timeout`: a parked stream must not hold two sockets
+        for ever (there is rightly no idle timeout once a stream is opaque)."""
+        self.negotiation_timer = None
+        if self.phase is CLOSED or (self.phase is RELAYING and self.tracker is None):
+            return
+        text = f"no TLS within {self.vserver.config.negotiation_timeout:g} s"
+        if self.vserver.config.mode == "starttls":
+            self.fail("connection-timeout", text)
+        else:
+            self.error = "negotiation-timeout"
+            self.gateway.log.info("tls_alert", client=self.client, vserver=self.vserver.name,
+                                  alert=None, reason=text)
+            self.close()
+
+    def _cancel_negotiation_timer(self) -> None:
+        if self.negotiation_timer is not None:
+            self.negotiation_timer.cancel()
+            self.negotiation_timer = None
+
     def _cancel_header_timer(self) -> None:
         if self.header_timer is not None:
             self.header_timer.cancel()
@@ -373,12 +431,12 @@ class ClientSession(asyncio.Protocol):
         self.phase = CONNECTING
         self.connect_started = self.loop.time()
         self.farm = self.gateway.farms[farm_name]
-        # Hold the client until a real has answered: its buffered bytes may have to be
-        # replayed to another real, and nothing else arrives meanwhile (the kernel's window
-        # bounds it, not our memory).
-        self.transport.pause_reading()  # type: ignore[union-attr]
-        self.paused_for_connect = True
+        # The client's bytes are held until a real has answered (they may have to be
+        # replayed to another real); reading goes on, up to MAX_CONNECT_BUFFER, so a client
+        # that leaves is seen at once.
+        self.buffered = sum(map(len, self.buffer))  # type: ignore[arg-type]
         self.plan = ConnectPlan.for_farm(self.farm, self.client, self.loop.time())
+        self.plan.owner = self
         self.gateway.sync_peers(self.farm)
         self._carry_out(self.plan.start(self.loop.time()))
 
@@ -396,11 +454,24 @@ class ClientSession(asyncio.Protocol):
                 self._abort_attempt(action.attempt_id)
             elif isinstance(action, GiveUp):
                 self._give_up(action.reason)
+            elif isinstance(action, Detach):
+                leg = self.legs.pop(action.attempt_id, None)
+                if leg is not None:
+                    leg.detach(action.verdict)
+                else:
+                    action.verdict.cancel(self.loop.time())
+            elif isinstance(action, Queued) and self.gateway.metrics is not None:
+                self.gateway.metrics.queued(self.farm.name)  # type: ignore[union-attr]
         if self.farm is not None:
             self.gateway.engine_changed(self.farm)
         if self.real is not None:
             self.plan = None  # committed: the real owns the connection; free the attempts
         self._arm_plan_timer()
+
+    def resume(self, plan: ConnectPlan) -> None:
+        """The farm took this connection off its queue: a real has room for it now."""
+        if plan is self.plan and self.phase is CONNECTING:
+            self._carry_out(plan.on_wake(self.loop.time()))
 
     def _dial(self, attempt_id: int, real: Real) -> None:
         host, port = real.endpoint(self.vserver.config.virtual.port)  # type: ignore[arg-type]
@@ -412,7 +483,11 @@ class ClientSession(asyncio.Protocol):
         try:
             await self.loop.create_connection(lambda: leg, host, port)
         except OSError as exc:
-            self.attempt_failed(leg, exc.strerror or type(exc).__name__)
+            reason = exc.strerror or type(exc).__name__
+            if leg.verdict is not None:
+                leg.orphan_ended(lambda now: leg.verdict.on_failed(now, reason))  # type: ignore[union-attr]
+            else:
+                self.attempt_failed(leg, reason)
 
     def _commit(self, attempt_id: int, real: Real) -> None:
         """The real answered: it owns the connection; relay what it sent, wake the client."""
@@ -424,6 +499,9 @@ class ClientSession(asyncio.Protocol):
         self.upstream = leg
         self.phase = RELAYING
         self.buffer = None
+        self.buffered = 0
+        if self.tracker is None:  # TLS from the first byte: nothing left to negotiate here
+            self._cancel_negotiation_timer()
         if self.gateway.metrics is not None:
             self.gateway.metrics.committed(self.vserver.name, self.farm.name,  # type: ignore[union-attr]
                                            real.name, self.loop.time() - self.connect_started)
@@ -553,7 +631,7 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(out + stream_error(condition, text))
         self.gateway.log.info("stream_error", client=self.client, vserver=self.vserver.name,
                               condition=condition, text=text)
-        self.close()
+        self.close(linger=True)
 
     def system_shutdown(self) -> bool:
         """The gateway is stopping: a stream we can still speak into gets
@@ -585,7 +663,7 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(tls.alert_record(alert))
         self.gateway.log.info("tls_alert", client=self.client, vserver=self.vserver.name,
                               alert=alert, reason=reason)
-        self.close()
+        self.close(linger=True)
 
     def _error_from(self) -> str | None:
         """§4.9.1.3: the domain asked for if served, else the gateway's own name, else none."""
@@ -594,12 +672,17 @@ class ClientSession(asyncio.Protocol):
             return self.domain
         return gw.gateway.name
 
-    def close(self) -> None:
-        """Close both legs, flushing what is buffered; idempotent."""
+    def close(self, linger: bool = False) -> None:
+        """Close both legs, flushing what is buffered; idempotent.
+
+        `linger` (after an error we wrote to the client): shut the write side and read and
+        drop what the client still sends for up to LINGER_TIME before closing, so the error
+        reaches it instead of a reset."""
         if self.phase is CLOSED:
             return
         self.phase = CLOSED
         self._cancel_header_timer()
+        self._cancel_negotiation_timer()
         if self.plan is not None and not self.plan.done:
             self.plan.cancel(self.loop.time())  # the client left first: no verdict on reals
         if self.plan_timer is not None:
@@ -610,13 +693,26 @@ class ClientSession(asyncio.Protocol):
         self.legs.clear()
         if self.relay is not None:
             self.relay.close()  # reports the end through _splice_ended
-        if self.transport is not None:
+        if linger and self._start_linger():
+            pass
+        elif self.transport is not None:
             self.transport.close()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
         self.buffer = None
         self.tracker = None
         self.hello = None
+
+    def _start_linger(self) -> bool:
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.client_eof \
+                or not transport.can_write_eof():
+            return False
+        transport.write_eof()  # after the buffered error document
+        self.lingering = 0
+        transport.resume_reading()
+        self.linger_timer = self.loop.call_later(LINGER_TIME, transport.close)
+        return True
 
     def _half_close(self, transport: asyncio.Transport) -> None:
         """Pass a FIN on; once both directions have ended, close."""
@@ -677,7 +773,8 @@ class UpstreamLeg(asyncio.Protocol):
     """One connection to a real: an attempt until the plan commits it, then the relay's
     upstream leg. Everything is handed to the session."""
 
-    __slots__ = ("attempt_id", "early", "keepalive", "real", "session", "task", "transport")
+    __slots__ = ("attempt_id", "early", "keepalive", "real", "session", "task", "timer",
+                 "transport", "verdict")
 
     def __init__(self, session: ClientSession, attempt_id: int, real: Real) -> None:
         self.session = session
@@ -687,9 +784,46 @@ class UpstreamLeg(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.early: list[bytes] = []  # the real's first bytes, held until the commit
         self.keepalive = False
+        self.verdict: DetachedAttempt | None = None  # set when the attempt lost a hedge race
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- a hedge loser (see plan.Detach): dials on alone until it has a verdict -------------
+
+    def detach(self, verdict: DetachedAttempt) -> None:
+        """No longer the session's; still dialling, owing the engine its verdict."""
+        self.verdict = verdict
+        self.early = NO_BYTES
+        gateway = self.session.gateway
+        gateway.orphans.add(self)
+        self.timer = self.session.loop.call_at(
+            verdict.deadline, self.orphan_ended, verdict.on_timer)
+
+    def orphan_ended(self, report: Any) -> None:
+        """Report the verdict once (`report(now)`), stop dialling, let go."""
+        session, gateway = self.session, self.session.gateway
+        if self not in gateway.orphans:
+            return
+        gateway.orphans.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.abort()
+        report(session.loop.time())
+        if session.farm is not None:
+            gateway.engine_changed(session.farm)
+
+    def cancel_orphan(self) -> None:
+        """The gateway stops: no verdict."""
+        if self.verdict is not None:
+            self.orphan_ended(self.verdict.cancel)
+
+    # --- asyncio callbacks -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.verdict is not None:  # a late handshake: the real is alive, only slower
+            self.orphan_ended(self.verdict.on_connected)
+            return
         header = self.session.proxy_header_for_real()
         if header:
             transport.write(header)  # type: ignore[attr-defined]  # one write, first
@@ -698,26 +832,29 @@ class UpstreamLeg(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.session.upstream is self:
             self.session.from_server(data)
-        else:
+        elif self.verdict is None:
             self.session.attempt_data(self, data)
 
     def eof_received(self) -> bool:
         if self.session.upstream is self:
             return self.session.server_eof()
-        self.session.attempt_failed(self, "closed before answering")
+        if self.verdict is None:
+            self.session.attempt_failed(self, "closed before answering")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session.upstream is self:
             self.session.server_lost()
-        else:
+        elif self.verdict is None:
             self.session.attempt_failed(self, "reset" if exc else "closed before answering")
 
     def pause_writing(self) -> None:
-        if self.session.transport is not None:
+        if self.session.upstream is self and self.session.transport is not None:
             self.session.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.session.upstream is not self:
+            return
         if self.session.transport is not None and not self.session.paused_for_connect:
             self.session.transport.resume_reading()
         if self.session.splice_wanted:

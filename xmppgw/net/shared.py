@@ -20,7 +20,7 @@ import mmap
 import struct
 from typing import Any, NamedTuple
 
-FIELDS = ("load", "active", "total", "failed_attempts", "reassigns", "consecutive_failures",
+FIELDS = ("load", "pending", "active", "total", "failed_attempts", "reassigns", "consecutive_failures",
           "failed_clients", "failed_until", "probe_failed")
 _WIDTH = len(FIELDS)
 _SLOT = {name: i for i, name in enumerate(FIELDS)}
@@ -40,6 +40,7 @@ def _store(mem: mmap.mmap, layout: struct.Struct, offset: int, *values: Any) -> 
 
 class Row(NamedTuple):
     load: float = 0
+    pending: float = 0  # attempts in flight (max_connecting is counted over every worker)
     active: float = 0
     total: float = 0
     failed_attempts: float = 0
@@ -57,6 +58,7 @@ class Peers(NamedTuple):
     consecutive_failures: int
     failed_clients: int
     failed_until: float
+    pending: int
 
 
 class SharedTable:
@@ -81,6 +83,7 @@ class SharedTable:
             consecutive_failures=int(sum(r.consecutive_failures for r in rows)),
             failed_clients=int(sum(r.failed_clients for r in rows)),
             failed_until=max((r.failed_until for r in rows), default=0.0),
+            pending=int(sum(r.pending for r in rows)),
         )
 
     def probe_failed(self, real: int) -> bool:

@@ -27,6 +27,21 @@ loaded" real before any handshake completes), and each attempt ends with exactly
 `connected` (the real answered: it now owns a connection, later ended by `closed`), `failed`
 (it counts against the real) or `abandoned` (the client left first: no verdict on the real).
 `xmppgw.slb.plan.ConnectPlan` keeps that contract for one client connection.
+
+Overload (README, "Reconnect storms"). A failure signal that grows with load must never take
+reals out faster than load moves away from them:
+
+- `max_connecting`: at most that many attempts in flight per real (HAProxy's per-server
+  `maxconn` applied to connects): a busy real with a small accept backlog is not flooded
+  with SYNs it will drop. A client connection that finds every candidate at its limit waits
+  in the farm's queue (`enqueue`, `next_waiter`) for at most `queue_timeout` seconds.
+- Panic (Envoy's healthy panic threshold): when fewer than `panic_threshold` percent of the
+  in-service reals are available (OPERATIONAL, TESTING), picks ignore FAILED and
+  PROBE_FAILED, since a health signal that condemns most of a farm is more likely wrong
+  than the farm dead.
+- A timeout on the last available real never marks it FAILED: silence alone cannot tell a
+  dead real from one buried in a storm, and taking the last one out turns a slow service
+  into none. A refusal (RST) still does.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from xmppgw.config import RealConfig, ServerfarmConfig
 from xmppgw.slb.predictors import Predictor, make_predictor
@@ -58,6 +74,29 @@ class RealState(StrEnum):
 # States from which a return to OPERATIONAL starts the slow-start ramp.
 NOT_SERVING = frozenset(
     {RealState.FAILED, RealState.TESTING, RealState.OUTOFSERVICE, RealState.PROBE_FAILED})
+
+
+class Waiter(Protocol):
+    """A client connection in the queue (a ConnectPlan): what it may still try."""
+
+    tried: frozenset[Real]
+    last_resort: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PanicChange:
+    """The farm entered (`panic`) or left panic mode; `available` of `inservice` reals."""
+
+    time: float
+    farm: str
+    panic: bool
+    available: int
+    inservice: int
+    threshold: int
+
+
+# Reals that count as available for panic mode (MAXCONNS is shown, never recorded).
+AVAILABLE = frozenset({RealState.OPERATIONAL, RealState.TESTING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +159,7 @@ class Real:
     # The other workers of the same gateway (workers > 1), as the I/O layer last read them
     # from the shared table (`Serverfarm.observe_peers`); zero with one worker.
     peer_load: int = 0
+    peer_pending: int = 0
     peer_consecutive_failures: int = 0
     peer_failed_clients: int = 0
     peer_failed_until: float = 0.0
@@ -150,6 +190,11 @@ class Real:
         limit = self.config.maxconns
         return limit is None or self.load < limit
 
+    @property
+    def connecting(self) -> int:
+        """Attempts in flight to this real over every worker of the gateway."""
+        return self.pending + self.peer_pending
+
 
 class Serverfarm:
     """A named group of reals that one or more vservers send connections to."""
@@ -158,7 +203,12 @@ class Serverfarm:
         self.config = config
         self.reals = [self._new_real(r, now) for r in config.reals]
         self.predictor: Predictor = make_predictor(config.predictor, self.effective_weight)
-        self._events: deque[StateChange] = deque(maxlen=EVENTS_LIMIT)
+        self._events: deque[StateChange | PanicChange] = deque(maxlen=EVENTS_LIMIT)
+        self.queue: deque[Waiter] = deque()  # client connections waiting for a free real
+        self.queued_total = 0  # connections that ever had to wait
+        self.queue_timeouts = 0  # ... and gave up waiting
+        self.panic = False
+        self.panics = 0  # times the farm entered panic mode
 
     def _new_real(self, config: RealConfig, now: float) -> Real:
         """At gateway start a real is simply in service or not: no slow start yet."""
@@ -180,7 +230,8 @@ class Serverfarm:
 
     # --- choosing a real ---------------------------------------------------------------
 
-    def pick(self, client: str, now: float, tried: frozenset[Real] = frozenset()) -> Real | None:
+    def pick(self, client: str, now: float, tried: frozenset[Real] = frozenset(),
+             last_resort: bool = False) -> Real | None:
         """The real for a new attempt of `client`'s connection, or None if none can take it.
 
         `tried` holds reals this client connection already used, so a reassign never returns
@@ -188,26 +239,85 @@ class Serverfarm:
         retry has elapsed (TESTING) and has no attempt in flight gets this connection as its
         test (IOS "Automatic Unfail" [SLB-FC]: "IOS SLB sends the server the next connection for
         which it qualifies"); with sourcehash it qualifies only if the client hashes to it, so
-        stickiness holds. The returned real counts this attempt in its load at once.
+        stickiness holds. In panic mode, or with `last_resort` (every available real already
+        failed this connection), FAILED and PROBE_FAILED reals in service qualify as well.
+        A real at `maxconns` or at its `max_connecting` is skipped. The returned real counts
+        this attempt in its load at once.
         """
         self.refresh(now)
         ip = client_ip(client)
+        any_state = last_resort or self.panic
         for standby in (False, True):
             group = [r for r in self.reals if r.standby is standby and r not in tried]
-            real = self._choose(group, ip, now)
+            real = self._choose(group, ip, now, any_state)
             if real is not None:
                 real.pending += 1
                 return real
         return None
 
-    def _choose(self, group: list[Real], ip: str, now: float) -> Real | None:
-        ready = [r for r in group if r.state is RealState.OPERATIONAL and r.has_room()]
-        testing = [r for r in group
-                   if r.state is RealState.TESTING and r.pending == 0 and r.has_room()]
+    def busy(self, tried: frozenset[Real] = frozenset(), last_resort: bool = False) -> bool:
+        """Would a pick succeed but for `max_connecting`? Then the connection may wait."""
+        any_state = last_resort or self.panic
+        return any(self._eligible(r, any_state) and r.has_room() and not self._has_slot(r)
+                   for r in self.reals if r not in tried)
+
+    def _choose(self, group: list[Real], ip: str, now: float, any_state: bool) -> Real | None:
+        group = [r for r in group if self._eligible(r, any_state)
+                 and r.has_room() and self._has_slot(r)]
+        ready = [r for r in group if r.state is RealState.OPERATIONAL]
+        testing = [r for r in group if r.state is RealState.TESTING and r.pending == 0]
+        if any_state:  # panic or last resort: every real in service, the tested ones first
+            ready += [r for r in group if r.state not in (RealState.OPERATIONAL,
+                                                          RealState.TESTING)]
         if testing and not self.predictor.sticky:
             return min(testing, key=lambda r: r.retry_at or 0.0)
         pool = ready + testing if self.predictor.sticky else ready
         return self.predictor.choose(pool, ip, now) if pool else None
+
+    @staticmethod
+    def _eligible(real: Real, any_state: bool) -> bool:
+        if any_state:
+            return real.inservice
+        return real.state in AVAILABLE
+
+    def _has_slot(self, real: Real) -> bool:
+        limit = real.config.max_connecting or self.config.max_connecting
+        return limit is None or real.connecting < limit
+
+    # --- the queue ---------------------------------------------------------------------
+
+    def enqueue(self, waiter: Waiter) -> bool:
+        """Wait for a free real; False when the queue is full (`queue_length`)."""
+        if len(self.queue) >= self.config.queue_length or self.config.queue_timeout <= 0:
+            return False
+        self.queue.append(waiter)
+        self.queued_total += 1
+        return True
+
+    def dequeue(self, waiter: Waiter, timed_out: bool = False) -> None:
+        """The waiter left the queue without a real (gave up waiting, or its client left)."""
+        try:
+            self.queue.remove(waiter)
+        except ValueError:
+            return
+        if timed_out:
+            self.queue_timeouts += 1
+
+    def next_waiter(self, now: float) -> Waiter | None:
+        """The oldest waiter a pick can serve now, taken off the queue, or None.
+
+        The caller lets it pick (which takes the slot) before asking again, so a burst of
+        freed slots is handed out in order and never twice.
+        """
+        self.refresh(now)
+        for waiter in self.queue:
+            last_resort = waiter.last_resort
+            any_state = last_resort or self.panic
+            if any(self._eligible(r, any_state) and r.has_room() and self._has_slot(r)
+                   for r in self.reals if r not in waiter.tried):
+                self.queue.remove(waiter)
+                return waiter
+        return None
 
     def effective_weight(self, real: Real, now: float) -> float:
         """The weight predictors use: the configured weight, ramped during slow start.
@@ -233,20 +343,24 @@ class Serverfarm:
         """The attempt succeeded: the real owns a connection now (ended later by `closed`).
 
         A success clears faildetect's counts; on a TESTING real it is the successful test
-        connection, and the real is OPERATIONAL again (with slow start).
+        connection, and the real is OPERATIONAL again (with slow start). So is a FAILED real
+        that answered a connection sent to it in panic mode or as a last resort: an answer
+        is the best evidence a real can give.
         """
         self._sync(real, now)
         real.pending = max(0, real.pending - 1)
         real.active += 1
         real.total += 1
-        if real.retry_at is not None and now >= real.retry_at:
+        if real.retry_at is not None:
+            testing = now >= real.retry_at
             real.retry_at = None
-            self._sync(real, now, "test connection succeeded")
-        if real.retry_at is None:
-            real.consecutive_failures = 0
-            real.failed_clients.clear()
+            self._sync(real, now, "test connection succeeded" if testing
+                       else "a connection succeeded")
+        real.consecutive_failures = 0
+        real.failed_clients.clear()
 
-    def failed(self, real: Real, client: str, now: float, reason: str) -> None:
+    def failed(self, real: Real, client: str, now: float, reason: str,
+               silent: bool = False) -> None:
         """An attempt failed (refused, timeout, no response, hedged: no answer...).
 
         faildetect [SLB-FC] "Automatic Server Failure Detection": "IOS SLB automatically
@@ -275,12 +389,18 @@ class Serverfarm:
         numconns, numclients = real.config.faildetect.numconns, real.config.faildetect.numclients
         consecutive = real.consecutive_failures + real.peer_consecutive_failures
         clients = len(real.failed_clients) + real.peer_failed_clients
+        if silent and self._last_available(real, now):
+            return
         if consecutive >= numconns:
             self._fail(real, now, f"faildetect numconns {numconns}: {consecutive}"
                        f" consecutive failed attempts, last: {reason}")
         elif clients >= numclients:
             self._fail(real, now, f"faildetect numclients {numclients}: failed attempts from"
                        f" {clients} clients, last: {reason}")
+
+    def _last_available(self, real: Real, now: float) -> bool:
+        return real.state in AVAILABLE and not any(
+            r.state in AVAILABLE for r in self.reals if r is not real and r.inservice)
 
     def abandoned(self, real: Real, now: float) -> None:
         """The attempt ended without a verdict (the client left, or a hedge won first)."""
@@ -312,7 +432,8 @@ class Serverfarm:
     # --- the other workers ------------------------------------------------------------------
 
     def observe_peers(self, real: Real, load: int, consecutive_failures: int,
-                      failed_clients: int, failed_until: float, now: float) -> None:
+                      failed_clients: int, failed_until: float, pending: int,
+                      now: float) -> None:
         """What the other workers hold of `real`, read from the shared table.
 
         Loads and faildetect counts add up over workers; a real another worker marked FAILED
@@ -324,6 +445,7 @@ class Serverfarm:
             real.consecutive_failures = 0
             real.failed_clients.clear()
         real.peer_load = load
+        real.peer_pending = pending
         real.peer_consecutive_failures = consecutive_failures
         real.peer_failed_clients = failed_clients
         real.peer_failed_until = failed_until
@@ -416,7 +538,25 @@ class Serverfarm:
         """Record changes due to the clock alone (FAILED -> TESTING), for timely logs."""
         return [c for c in (self._sync(r, now) for r in self.reals) if c is not None]
 
-    def drain_events(self) -> list[StateChange]:
+    def availability(self) -> tuple[int, int]:
+        """(available, in service): the reals panic mode counts."""
+        inservice = [r for r in self.reals if r.inservice]
+        return sum(r.state in AVAILABLE for r in inservice), len(inservice)
+
+    def _check_panic(self, now: float) -> None:
+        """Enter or leave panic mode after a state change (Envoy's healthy panic threshold:
+        below it, balance over every real in service whatever its health says)."""
+        threshold = self.config.panic_threshold
+        available, inservice = self.availability()
+        panic = bool(threshold and inservice and available * 100 < threshold * inservice)
+        if panic is self.panic:
+            return
+        self.panic = panic
+        self.panics += panic
+        self._events.append(PanicChange(now, self.name, panic, available, inservice,
+                                        threshold))
+
+    def drain_events(self) -> list[StateChange | PanicChange]:
         """The state changes since the last call, oldest first, for the I/O layer to log."""
         events = list(self._events)
         self._events.clear()
@@ -456,4 +596,5 @@ class Serverfarm:
         change = StateChange(at, self.name, real.name, old, new, reason or str(new).lower())
         real.history.append(change)
         self._events.append(change)
+        self._check_panic(now)
         return change
