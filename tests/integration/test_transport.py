@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -54,10 +55,27 @@ virtual = "{VIP}:5225"
 kinds = ["c2s"]
 serverfarm = "ECHO5222"
 
+[[vserver]]
+name = "PARK"
+virtual = "{VIP}:5226"
+serverfarm = "ECHO5222"
+negotiation_timeout = 1
+
+[[vserver]]
+name = "PROXIED"
+virtual = "{VIP}:5227"
+serverfarm = "PROXYV1"
+
 [[serverfarm]]
 name = "ECHO"
 [[serverfarm.real]]
 address = "{ECHO}"
+
+[[serverfarm]]
+name = "PROXYV1"
+proxy_protocol = "v1"
+[[serverfarm.real]]
+address = "{ECHO}:5227"
 
 [[serverfarm]]
 name = "ECHO5222"
@@ -82,7 +100,7 @@ def header(to: str | None = "example.test", ns: str = "jabber:client",
 
 @pytest.fixture(scope="module")
 def echo() -> Iterator[tuple[EchoBackend, EchoBackend]]:
-    backends = (EchoBackend(ECHO, 5222), EchoBackend(ECHO, 5223))
+    backends = (EchoBackend(ECHO, 5222), EchoBackend(ECHO, 5223), EchoBackend(ECHO, 5227))
     yield backends
     for b in backends:
         b.close()
@@ -193,6 +211,61 @@ def test_protocol_errors(gateway: GatewayProcess, data: bytes, condition: str) -
     assert stream_error(reply)[1] == condition
     record = gateway.wait_record(lambda r: r.get("error") == condition)
     assert record["real"] is None
+
+
+def test_a_stream_parked_before_tls_gets_connection_timeout(gateway: GatewayProcess) -> None:
+    """Header sent, the real's header and features received, then nothing: the cleartext
+    phase ends at negotiation_timeout (1 s here) with <connection-timeout/>, both sockets
+    released; there is no idle timeout once a stream is opaque, so this is the only bound."""
+    began = time.monotonic()
+    reply = exchange(5226, header())
+    assert time.monotonic() - began >= 0.9
+    root, condition = stream_error(reply)  # the echo's header is the "real's" here
+    assert condition == "connection-timeout"
+    record = gateway.wait_record(lambda r: r.get("vserver") == "PARK")
+    assert record["error"] == "connection-timeout" and record["real"] == f"{ECHO}:5222"
+
+
+def test_the_error_reaches_a_client_that_keeps_sending(gateway: GatewayProcess) -> None:
+    """After a stream error the gateway shuts its write side and drains, never resets: a
+    client still writing (here half a megabyte behind its first bytes) reads the whole
+    error document and a clean EOF, as from HAProxy or nginx."""
+    for _ in range(3):
+        with socket.create_connection((VIP, 5222), timeout=5) as sock:
+            def send() -> None:
+                try:
+                    sock.sendall(b"<!---->" + b"<presence/>" * 50_000)
+                except OSError:
+                    pass
+            sender = threading.Thread(target=send)
+            sender.start()
+            try:
+                reply = read_to_eof(sock)  # ConnectionResetError here is the fault
+            finally:
+                sender.join()
+        assert stream_error(reply)[1] == "restricted-xml"
+
+
+def test_clients_that_reset_after_their_header_are_no_verdict_on_the_real(
+        gateway: GatewayProcess, echo) -> None:
+    """A flood of clients that send a header and reset at once (SO_LINGER 0): no attempt
+    counts against the real, and a PROXY farm's real never sees a stream without its
+    PROXY header, even for a connection reset before the gateway could read its address."""
+    linger = struct.pack("ii", 1, 0)
+    for _ in range(400):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        sock.connect((VIP, 5227))
+        sock.sendall(header())
+        sock.close()
+    with socket.create_connection((VIP, 5227), timeout=5) as sock:  # an honest client after
+        sock.sendall(header())
+        assert sock.recv(100).startswith(b"PROXY TCP4 ")  # the echo returns it all
+    time.sleep(1.0)
+    assert not [r for r in gateway.records("real_attempt_failed") if r["farm"] == "PROXYV1"]
+    assert not [r for r in gateway.records("real_state") if r["farm"] == "PROXYV1"]
+    streams = [first for first in echo[2].received if first]
+    assert streams and all(first.startswith(b"PROXY TCP4 ") for first in streams)
 
 
 def test_kind_not_served_is_invalid_namespace(gateway: GatewayProcess, echo) -> None:

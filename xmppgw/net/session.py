@@ -44,7 +44,7 @@ MAX_CONNECT_BUFFER = 65536
 # dropped for this long (at most LINGER_BYTES), then the socket closes. Closing with unread
 # data would send a reset that can destroy the error document in flight (HAProxy, nginx).
 LINGER_TIME = 2.0
-LINGER_BYTES = 65536
+LINGER_BYTES = 4 << 20
 
 # Phases of a session, in order.
 SNIFFING, CONNECTING, RELAYING, SPLICED, CLOSED = (
@@ -485,7 +485,8 @@ class ClientSession(asyncio.Protocol):
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             if leg.verdict is not None:
-                leg.orphan_ended(lambda now: leg.verdict.on_failed(now, reason))  # type: ignore[union-attr]
+                leg.orphan_ended(lambda now: leg.verdict.on_failed(now, reason),  # type: ignore[union-attr]
+                                 reason)
             else:
                 self.attempt_failed(leg, reason)
 
@@ -796,10 +797,11 @@ class UpstreamLeg(asyncio.Protocol):
         gateway = self.session.gateway
         gateway.orphans.add(self)
         self.timer = self.session.loop.call_at(
-            verdict.deadline, self.orphan_ended, verdict.on_timer)
+            verdict.deadline, self.orphan_ended, verdict.on_timer, "timeout")
 
-    def orphan_ended(self, report: Any) -> None:
-        """Report the verdict once (`report(now)`), stop dialling, let go."""
+    def orphan_ended(self, report: Any, failure: str | None = None) -> None:
+        """Report the verdict once (`report(now)`), stop dialling, let go; a failure is
+        logged as any attempt's is."""
         session, gateway = self.session, self.session.gateway
         if self not in gateway.orphans:
             return
@@ -809,6 +811,10 @@ class UpstreamLeg(asyncio.Protocol):
             self.timer = None
         self.abort()
         report(session.loop.time())
+        if failure is not None and session.farm is not None:
+            gateway.log.warning("real_attempt_failed", farm=session.farm.name,
+                                real=self.real.name, client=session.client, reason=failure,
+                                hedged=True)
         if session.farm is not None:
             gateway.engine_changed(session.farm)
 
