@@ -8,6 +8,7 @@ front of the harness's 3-node ejabberd cluster, with one and with two workers.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import socket
@@ -307,6 +308,23 @@ async def test_metrics_count_connections_and_show_real_state(
     (to_before, reals_before), (to_after, reals_after) = sent(before), sent(after)
     assert to_after - to_before > 0
     assert reals_after - reals_before == to_after - to_before  # each byte came from a real
+
+
+def test_the_readme_lists_exactly_the_metrics_served(gateway: GatewayProcess) -> None:
+    """Count what you claim: every metric of README's table is served, and every metric
+    served is in the table."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Metrics", 1)[1].split("```", 1)[0]
+    documented = set(re.findall(r"`(xmppgw_[a-z_]+)`", table))
+    with urllib.request.urlopen(f"http://{VIP}:{METRICS_PORT}/metrics", timeout=10) as reply:
+        families = {f.name for f in text_string_to_metric_families(reply.read().decode())
+                    if f.name.startswith("xmppgw_")}
+    served = {name for name in documented
+              if name in families or name.removesuffix("_total") in families}
+    assert served == documented, documented - served
+    assert all(f in documented or f + "_total" in documented for f in families), families
 
 
 @pytest.fixture(scope="module")
