@@ -202,3 +202,71 @@ async def test_over_rate_per_ip_gets_policy_violation(gateway: GatewayProcess,
     writer.write(header(servers))
     assert b"starttls" in await read_until(reader, b"</stream:features>")
     writer.close()
+
+
+VIP_FLOOD = "127.0.1.19"
+
+
+def flood_config(servers: Servers) -> str:
+    reals = "".join(f'\n[[serverfarm.real]]\naddress = "{a}:{PROXY_C2S_PORT}"\n'
+                    'faildetect = { numconns = 8, numclients = 2 }\n'
+                    for a in servers.ejabberd_addresses)
+    return f"""
+[gateway]
+domains = ["{servers.ejabberd_domain}"]
+
+[[vserver]]
+name = "FLOOD"
+virtual = "{VIP_FLOOD}:5222"
+serverfarm = "PROXYF"
+
+[[serverfarm]]
+name = "PROXYF"
+proxy_protocol = "v1"
+{reals}"""
+
+
+async def test_header_then_reset_floods_never_fail_a_real(
+        servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The fuzzing finding: clients that send a stream header and reset at once
+    (SO_LINGER 0), 1,800 of them in a few seconds, against reals that expect a PROXY
+    header. A client that left is no verdict on a real: no real goes FAILED, ejabberd never
+    gets a stream without its PROXY header (it would close it: a "failed attempt"), and an
+    honest client logs in right after."""
+    import socket
+    import struct
+    import threading
+
+    gw = GatewayProcess(flood_config(servers), tmp_path_factory.mktemp("flood")).start()
+    try:
+        head = (f"<?xml version='1.0'?><stream:stream to='{servers.ejabberd_domain}' "
+                "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                "version='1.0'>").encode()
+        linger = struct.pack("ii", 1, 0)
+
+        def attacker() -> None:
+            for _ in range(450):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                try:
+                    sock.connect((VIP_FLOOD, 5222))
+                    sock.sendall(head)
+                except OSError:
+                    pass
+                sock.close()
+
+        threads = [threading.Thread(target=attacker) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        await asyncio.sleep(1.0)
+        async with xmpp_session(servers.jid("user150") + "/after-flood", servers.password,
+                                VIP_FLOOD, 5222, send_presence=False):
+            pass
+        assert not [r for r in gw.records("real_state") if r.get("new") == "FAILED"], \
+            gw.records("real_state")
+        assert gw.records("real_attempt_failed") == []
+        assert "Traceback" not in gw.log_text()
+    finally:
+        gw.stop()
