@@ -14,8 +14,10 @@ gateway's defaults for everything else (connect_timeout, hedging, queueing, pani
 real clients come from many (faildetect numclients counts distinct ones).
 
 - a: 500 clients log in at once through the gateway: every login succeeds and no real ever
-  goes FAILED. The same storm straight at one node, for comparison; both times are reported
-  (printed, `record_property`, and storm-times.json in the test's tmp dir), not asserted.
+  goes FAILED. The same storm straight at one node, for comparison (logins done within 30 s:
+  there, a client whose handshake the full accept queue dropped can hang for minutes); both
+  are reported (printed, `record_property`, storm-times.json in the test's tmp dir), not
+  asserted.
 - b: 300 clients stay logged in; kill -9 of the node holding about a third of them; those
   clients log in again by themselves. All are back, only the killed node went FAILED.
 - c: a real that refuses and one whose SYNs are dropped still go FAILED by faildetect.
@@ -57,6 +59,11 @@ KILL_CLIENTS = 300
 PROCESSES = 5
 SOURCES = source_addresses(50)
 NUMCONNS, NUMCLIENTS = 16, 5
+ATTEMPT_TIMEOUT = 60.0  # a client gives up a login after this
+# Straight at one node, a client whose handshake ACK the full accept queue dropped thinks it is
+# connected and waits for an answer that does not come for minutes; the comparison storm
+# counts the logins done within this time (a reported figure only).
+DIRECT_ATTEMPT_TIMEOUT = 30.0
 
 SEED_PROBE = """
 [[serverfarm.probe]]
@@ -136,12 +143,14 @@ def storm(servers: Servers, workdir: Path, host: str, port: int, clients: int, r
 
 
 def run_storm(servers: Servers, workdir: Path, host: str, port: int, clients: int,
-              resource: str, processes: int = PROCESSES) -> dict[str, Any]:
+              resource: str, processes: int = PROCESSES,
+              attempt_timeout: float = ATTEMPT_TIMEOUT) -> dict[str, Any]:
     """Every client logs in once, all at once; the sessions stay until every one has logged
     in (or failed); then all close. Returns Storm.summary() plus the session count seen."""
-    with storm(servers, workdir, host, port, clients, resource, processes=processes) as s:
+    with storm(servers, workdir, host, port, clients, resource, processes=processes,
+               attempt_timeout=attempt_timeout) as s:
         s.go()
-        s.wait(s.settled, 180, "every client logged in or failed")
+        s.wait(s.settled, attempt_timeout + 60, "every client logged in or failed")
         summary = s.summary()
         summary["sessions_seen_by_ejabberd"] = len(sessions(servers, resource))
     wait_sessions_gone(servers, resource)
@@ -233,14 +242,16 @@ def test_a_login_storm_through_the_gateway_fails_no_healthy_real(
                         if r["new"] == "PROBE_FAILED" and r["real"] != real_name(SPARE)]
         attempts = attempt_failures(gw)
         final = show_reals(gw)
+        detail = gw.show("serverfarms", "detail")
     direct = run_storm(servers, tmp_path / "direct", nodes[0], PORT, STORM_CLIENTS,
-                       "storm-direct")
+                       "storm-direct", attempt_timeout=DIRECT_ATTEMPT_TIMEOUT)
     times = {"clients": STORM_CLIENTS, "processes": PROCESSES, "sources": len(SOURCES),
              "via_gateway": via, "direct_to_one_node": direct,
              "gateway_real_attempt_failed": attempts,
              "gateway_real_state_failed": [(r["real"], r["reason"]) for r in failed],
              "gateway_real_state_probe_failed": [(r["real"], r.get("reason"))
-                                                 for r in probe_failed]}
+                                                 for r in probe_failed],
+             "gateway_show_serverfarms_detail": detail.splitlines()}
     (tmp_path / "storm-times.json").write_text(json.dumps(times, indent=2))
     record_property("storm_via_gateway_last_login_s", via["last_login_s"])
     record_property("storm_direct_last_login_s", direct["last_login_s"])
@@ -338,11 +349,16 @@ def test_c_a_refusing_and_a_blackholed_real_still_go_failed(
     text = seed_config(servers, DEAD_VIP, tmp_path / "ctl.sock", [*nodes, REFUSING, BLACKHOLED])
     waves = []
     with blackhole(BLACKHOLED, PORT), running_gateway(text, tmp_path / "gateway") as gw:
+        def both_failed() -> bool:
+            return all("FAILED" in states(gw, real_name(a)) for a in (REFUSING, BLACKHOLED))
+
         for wave in range(4):  # until both are FAILED
             waves.append(run_storm(servers, tmp_path / f"wave-{wave}", DEAD_VIP, 5222, 60,
                                    "storm-dead", processes=2))
-            gw.settle()
-            if all("FAILED" in states(gw, real_name(a)) for a in (REFUSING, BLACKHOLED)):
+            deadline = time.monotonic() + 6  # attempts still dialling (connect_timeout 4 s)
+            while not both_failed() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if both_failed():
                 break
         failed = went_failed(gw)
         attempts = attempt_failures(gw)

@@ -99,6 +99,10 @@ class Client:
                                lambda e: self._settle(False, f"cannot connect: {e}"))
         xmpp.add_event_handler("stream_error", self._stream_error)
         xmpp.add_event_handler("disconnected", self._disconnected)
+        self.stage = "nothing"  # how far the current attempt got, for a timeout's reason
+        for event, stage in (("connected", "TCP"), ("tls_success", "TLS"),
+                             ("auth_success", "SASL"), ("session_bind", "bind")):
+            xmpp.add_event_handler(event, lambda _, stage=stage: setattr(self, "stage", stage))
 
     def _settle(self, ok: bool, why: str | None) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -118,13 +122,15 @@ class Client:
         """One login: (ok, reason, stream error condition)."""
         SOURCE.set(self.source)  # connect() runs create_connection in a copy of this context
         self.condition = None
+        self.stage = "nothing"
         self.waiter = asyncio.get_running_loop().create_future()
         self.xmpp.connect(self.args.host, self.args.port)
         try:
             ok, why = await asyncio.wait_for(asyncio.shield(self.waiter),
                                              self.args.attempt_timeout)
         except TimeoutError:
-            ok, why = False, f"no session after {self.args.attempt_timeout:g} s"
+            ok, why = False, (f"no session after {self.args.attempt_timeout:g} s"
+                              f" (got as far as: {self.stage})")
         self.waiter = None
         if not ok:
             self.drop()
