@@ -70,6 +70,9 @@ class BufferedLoggerFactory:
         return self.logger
 
 
+FORMATS = ("auto", "json", "console")  # `gateway.log_format`
+
+
 def configure(fmt: str = "auto", stream: TextIO | None = None) -> Any:
     """One JSON object per line unless a person is watching (`auto` + a terminal)."""
     stream = stream or sys.stdout

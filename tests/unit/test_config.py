@@ -187,6 +187,21 @@ def test_domain_patterns() -> None:
     assert config.loads(MINIMAL.replace('domains = ["example.test"]', "")).serves(None)
 
 
+@pytest.mark.parametrize("domain, served", [
+    ("x.example.test", True), ("X.Example.Test.", True), ("example.test.", True),
+    ("a.b.example.test", True),
+    # RFC 7622 §3.2: no empty label, and only one trailing dot (the root) is stripped.
+    (".example.test", False), ("a..example.test", False), ("x.example.test..", False),
+    ("example.test..", False), ("..example.test", False), (".", False), ("", False),
+    ("x..", False), ("..", False),
+])
+def test_a_domain_with_an_empty_label_is_not_served(domain: str, served: bool) -> None:
+    cfg = config.loads(MINIMAL.replace('["example.test"]', '["example.test", "*.example.test"]'))
+    assert cfg.serves(domain) is served
+    assert (config.domain_matches("*.example.test", domain)
+            or config.domain_matches("example.test", domain)) is served
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "xmppgw", *args], check=False, capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
@@ -214,3 +229,93 @@ def test_run_refuses_a_bad_config_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "gateway.header_timeout: must be greater than 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+EVERY_TABLE = """\
+[gateway]
+[gateway.keepalive]
+
+[[vserver]]
+name = "V"
+virtual = "127.0.0.1:5222"
+serverfarm = "F"
+[vserver.limits]
+[[vserver.route]]
+serverfarm = "F"
+kind = "s2s"
+
+[[serverfarm]]
+name = "F"
+[[serverfarm.probe]]
+type = "tcp"
+[[serverfarm.real]]
+address = "127.0.0.2"
+[serverfarm.real.faildetect]
+
+[srv]
+zones = ["example.test"]
+listen = "127.0.0.1:5353"
+[srv.update]
+server = "127.0.0.1"
+"""
+
+
+def test_every_default_is_the_models() -> None:
+    """Defaults are written once, in the dataclasses: a table with only its required keys
+    loads as the dataclass defaults, field by field (a default changed in one place only
+    fails here)."""
+    import dataclasses
+
+    cfg = config.loads(EVERY_TABLE)
+    vserver, farm = cfg.vservers[0], cfg.serverfarms[0]
+    assert cfg.srv is not None and cfg.srv.update is not None
+    given = {("VserverConfig", "serverfarm"), ("VserverConfig", "routes"),
+             ("Route", "kind"), ("ServerfarmConfig", "reals"), ("ServerfarmConfig", "probes"),
+             ("SrvConfig", "listen"), ("SrvConfig", "update")}  # set in EVERY_TABLE
+    checked = 0
+    for obj in (cfg.gateway, cfg.gateway.keepalive, vserver, vserver.limits, vserver.routes[0],
+                farm, farm.probes[0], farm.reals[0], farm.reals[0].faildetect, cfg.srv,
+                cfg.srv.update):
+        for f in dataclasses.fields(obj):
+            if (type(obj).__name__, f.name) in given:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                continue
+            assert getattr(obj, f.name) == default, (type(obj).__name__, f.name)
+            checked += 1
+    assert checked > 60
+
+
+def test_loads_looks_nothing_up_and_resolve_does() -> None:
+    """`loads` is pure: an unknown group and a missing key file parse; `resolve` (which
+    `load` runs) refuses them, naming file, line and key."""
+    text = MINIMAL.replace('domains = ["example.test"]',
+                           'domains = ["example.test"]\ncontrol_group = "no-such-group-xq"')
+    text += '\n[srv]\nlisten = "127.0.0.1:5353"\n[srv.update]\nserver = "127.0.0.1"\n' \
+            'key_file = "/nonexistent/k.key"\n'
+    parsed = config.loads(text, "test.toml")
+    assert parsed.gateway.control_group == "no-such-group-xq"
+    assert [r.kind for r in parsed.external] == ["group", "file"]
+    with pytest.raises(ConfigError) as info:
+        config.resolve(parsed)
+    assert info.value.problems == [
+        "test.toml:3: gateway.control_group: no group named 'no-such-group-xq' on this machine",
+        "test.toml:20: srv.update.key_file: /nonexistent/k.key: no such file",
+    ]
+
+
+def test_allowed_values_come_from_their_owners() -> None:
+    from xmppgw.log import FORMATS
+    from xmppgw.slb.predictors import PREDICTORS
+    from xmppgw.wire.proxyproto import VERSIONS
+
+    [predictor] = refused(MINIMAL.replace('name = "F"', 'name = "F"\npredictor = "x"'))
+    assert predictor.endswith(f"must be one of {', '.join(PREDICTORS)}")
+    [fmt] = refused(MINIMAL.replace("[gateway]", '[gateway]\nlog_format = "x"'))
+    assert fmt.endswith(f"must be one of {', '.join(FORMATS)}")
+    [proxy] = refused(MINIMAL.replace('name = "F"', 'name = "F"\nproxy_protocol = "v3"'))
+    assert proxy.endswith(f"must be one of {', '.join(VERSIONS)}")

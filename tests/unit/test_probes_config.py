@@ -40,13 +40,18 @@ password_file = "{secret}"
 """
 
 
+def checked(text: str) -> config.Config:
+    """What the master runs: the pure parse, then the I/O step (secrets, files)."""
+    return config.resolve(config.loads(text, "test.toml"))
+
+
 def probes_of(text: str) -> tuple[ProbeConfig, ...]:
-    return config.loads(text, "test.toml").serverfarms[0].probes
+    return checked(text).serverfarms[0].probes
 
 
 def refused(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        config.loads(text, "test.toml")
+        checked(text)
     return info.value.problems
 
 
@@ -175,7 +180,7 @@ def test_password_sources(tmp_path: Path, secret: Path) -> None:
 def test_the_password_never_shows(secret: Path) -> None:
     [probe] = probes_of(HEAD + ISSUE_FORM.format(secret=secret) + REALS)
     assert "s3cret-pw" not in repr(probe)
-    assert "s3cret-pw" not in repr(config.loads(HEAD + ISSUE_FORM.format(secret=secret) + REALS))
+    assert "s3cret-pw" not in repr(checked(HEAD + ISSUE_FORM.format(secret=secret) + REALS))
     ping = HEAD + '[[serverfarm.probe]]\ntype = "xmpp-ping"\njid = "probe@example.test"\n'
     [problem] = refused(ping + "password = 8675309\n" + REALS)
     assert problem == ("test.toml:11: serverfarm[0].probe[0].password: must be a string, "
@@ -188,3 +193,45 @@ def test_tls_ca_file_must_exist(tmp_path: Path) -> None:
                    f'password = "x"\ntls_ca_file = "{tmp_path}/ca.pem"\n') + REALS
     assert refused(text) == [
         f"test.toml:12: serverfarm[0].probe[0].tls_ca_file: {tmp_path}/ca.pem: no such file"]
+
+
+def test_loads_reads_no_file_and_resolve_does(tmp_path: Path, secret: Path) -> None:
+    """`loads` is pure: a password_file or tls_ca_file that does not exist parses, and
+    nothing is read; `resolve` reads and checks them, naming file, line and key."""
+    missing = tmp_path / "nope.secret"
+    text = HEAD + ('[[serverfarm.probe]]\ntype = "xmpp-ping"\njid = "probe@example.test"\n'
+                   f'password_file = "{missing}"\ntls_ca_file = "{tmp_path}/ca.pem"\n') + REALS
+    parsed = config.loads(text, "test.toml")
+    [probe] = parsed.serverfarms[0].probes
+    assert probe.password is None and probe.password_file == str(missing)
+    assert [(r.kind, r.where) for r in parsed.external] == [
+        ("file", "test.toml:12"), ("secret", "test.toml:11")]
+    with pytest.raises(ConfigError) as info:
+        config.resolve(parsed)
+    assert info.value.problems == [
+        f"test.toml:12: serverfarm[0].probe[0].tls_ca_file: {tmp_path}/ca.pem: no such file",
+        (f"test.toml:11: serverfarm[0].probe[0].password_file: cannot read {missing}: "
+         "No such file or directory")]
+    # Once the file exists, the same parsed config resolves: loads looked at nothing.
+    missing.write_text("late-pw\n")
+    (tmp_path / "ca.pem").write_text("")
+    resolved = config.resolve(parsed)
+    assert resolved.serverfarms[0].probes[0].password == "late-pw"
+    assert resolved.external == () and parsed.serverfarms[0].probes[0].password is None
+
+
+def test_resolve_fills_a_real_probes_secret(secret: Path) -> None:
+    text = HEAD + REALS + ('[[serverfarm.real.probe]]\ntype = "xmpp-ping"\n'
+                           f'jid = "probe@example.test"\npassword_file = "{secret}"\n')
+    farm = checked(text).serverfarms[0]
+    assert farm.reals[0].probes is None
+    assert [p.password for p in farm.reals[1].probes or ()] == ["s3cret-pw"]
+
+
+def test_a_resolved_config_pickles_with_its_secret(secret: Path) -> None:
+    """Workers receive the master's resolved config as it is (net/shared.py ConfigSlot)."""
+    import pickle
+
+    cfg = checked(HEAD + ISSUE_FORM.format(secret=secret) + REALS)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert pickle.loads(pickle.dumps(cfg)).serverfarms[0].probes[0].password == "s3cret-pw"

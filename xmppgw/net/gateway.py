@@ -489,14 +489,14 @@ class Gateway:
         return {"ok": True, "data": self.last_reload}
 
     async def reload_from_slot(self) -> None:
-        """With workers: SIGHUP from the master, the checked config text is in the slot."""
-        generation, text = self.slot.read()
-        if generation <= self.config_generation:
+        """With workers: SIGHUP from the master, the config it checked and resolved is in
+        the slot. It is applied as it is: a worker reads no file of its own."""
+        generation, config = self.slot.read()
+        if generation <= self.config_generation or config is None:
             return
         try:
-            config = configmod.loads(text, self.config.path)
             await self.reload(config)
-        except (configmod.ConfigError, ReloadRefused) as exc:
+        except ReloadRefused as exc:
             self.log.error("reload_refused", error=str(exc))
         finally:
             self.config_generation = generation

@@ -17,8 +17,12 @@ for all until that worker's retry elapses. Active probes run in worker 0 alone; 
 from __future__ import annotations
 
 import mmap
+import pickle
 import struct
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from xmppgw.config import Config
 
 FIELDS = ("load", "pending", "active", "total", "failed_attempts", "reassigns", "consecutive_failures",
           "failed_clients", "failed_until", "probe_failed")
@@ -196,16 +200,18 @@ class AdminTable:
 
 
 class ConfigSlot:
-    """The config text the master validated on SIGHUP, for the workers to apply.
+    """The config the master checked and resolved on SIGHUP, for the workers to apply.
 
-    Passing the text (not the path) makes every worker apply the very file the master
-    checked, even if the operator edits it again a moment later."""
+    The `Config` itself is passed (pickled), not the path or the text: every worker applies
+    the very config the master checked, secrets read by the master included, even if the
+    operator edits the file or the secret again a moment later. Only the master writes it,
+    into memory made before the fork."""
 
     def __init__(self) -> None:
         self._mem = mmap.mmap(-1, CONFIG_SLOT_BYTES)
 
-    def write(self, text: str) -> int:
-        data = text.encode("utf-8")
+    def write(self, config: Config) -> int:
+        data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
         if len(data) > CONFIG_SLOT_BYTES - _SLOT_HEAD.size:
             raise ValueError(f"config larger than {CONFIG_SLOT_BYTES >> 20} MiB")
         generation = self.generation() + 1
@@ -216,6 +222,10 @@ class ConfigSlot:
     def generation(self) -> int:
         return _SLOT_HEAD.unpack_from(self._mem, 0)[0]
 
-    def read(self) -> tuple[int, str]:
+    def read(self) -> tuple[int, Config | None]:
+        """(generation, the config); None before the first write."""
         generation, length = _SLOT_HEAD.unpack_from(self._mem, 0)
-        return generation, bytes(self._mem[_SLOT_HEAD.size:_SLOT_HEAD.size + length]).decode()
+        if not length:
+            return generation, None
+        data = bytes(self._mem[_SLOT_HEAD.size:_SLOT_HEAD.size + length])
+        return generation, pickle.loads(data)

@@ -161,15 +161,11 @@ class Master:
                 pass
 
     def _reload(self, _signum: int, _frame: object) -> None:
-        """SIGHUP (also sent by worker 0 for `xmppgw reload`): check the file once, put the
-        checked text where the workers read it, and tell them. A bad file changes nothing."""
+        """SIGHUP (also sent by worker 0 for `xmppgw reload`): check and resolve the file once
+        (secrets read here), put the resulting config where the workers read it, and tell
+        them. A bad file changes nothing."""
         try:
-            with open(self.config.path, encoding="utf-8") as file:
-                text = file.read()
-            config = configmod.loads(text, self.config.path)
-        except OSError as exc:
-            self.log.error("reload_refused", problems=[f"{self.config.path}: {exc.strerror}"])
-            return
+            config = configmod.load(self.config.path)
         except configmod.ConfigError as exc:
             self.log.error("reload_refused", problems=exc.problems)
             return
@@ -178,7 +174,7 @@ class Master:
                 "more reals or vservers than the shared tables hold: restart instead"])
             return
         self.shared.rows.assign(config)
-        self.shared.slot.write(text)
+        self.shared.slot.write(config)
         self._drop_moved_sockets(config)
         self.config = config  # what a respawned worker starts with
         for pid in self.children:

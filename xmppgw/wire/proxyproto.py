@@ -79,6 +79,7 @@ __all__ = [
     "encode_v2",
 ]
 
+VERSIONS = ("v1", "v2")  # what a serverfarm's `proxy_protocol` may name
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # 0D 0A 0D 0A 00 0D 0A 51 55 49 54 0A
 V1_MAX_BYTES = 107  # "PROXY UNKNOWN <v6> <v6> 65535 65535\r\n", the longest line (spec §2.1)
 V2_DEFAULT_MAX_LENGTH = 1024  # addresses (at most 216) + TLVs; HAProxy's own TLVs fit easily
