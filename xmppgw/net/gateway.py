@@ -446,9 +446,7 @@ class Gateway:
             return
         closed = 0
         for session in list(self.sessions):
-            if session.real in drained or session.vserver in ended:
-                session.error = "drained"
-                session.close()
+            if session.drain(drained, ended):
                 closed += 1
         if closed:
             self.log.warning("drained", closed=closed, reals=sorted(r.name for r in drained),
@@ -617,10 +615,10 @@ class Gateway:
 
     def connections(self) -> list[dict[str, Any]]:
         """This worker's client connections, oldest first, for `show conns`."""
-        now = time.monotonic()
+        now = asyncio.get_running_loop().time()
         return [{"vserver": s.vserver.name, "client": s.client,
-                 "real": s.real.name if s.real else None, "kind": s.kind, "to": s.domain,
-                 "state": s.phase.upper(), "age": round(now - s.started, 1)}
+                 "real": s.real.name if s.real else None, "kind": s.conn.kind,
+                 "to": s.conn.domain, "state": s.conn.state, "age": round(now - s.started, 1)}
                 for s in sorted(self.sessions, key=lambda s: s.started)]
 
     def snapshot(self, now: float) -> dict[str, Any]:
