@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import codecs
 import itertools
+from xml.parsers import expat
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xmppgw.wire.stream import (
+    TLS_NS,
     Element,
     Opaque,
     ProtocolError,
@@ -119,6 +122,113 @@ def test_nothing_after_an_error() -> None:
     assert reader.feed(C2S) == []
 
 
+# --- UTF-8 only (RFC 6120 §11.6): what expat would take for UTF-16 or UTF-32 is refused -------
+
+V6 = C2S.replace(b"example.test", b"[2001:db8::1]")
+NOT_UTF8 = {
+    "utf-16-le": C2S.decode().encode("utf-16-le"),
+    "utf-16-be": C2S.decode().encode("utf-16-be"),
+    "utf-16-bom": C2S.decode().encode("utf-16"),
+    "utf-16-le-bom-v6": codecs.BOM_UTF16_LE + V6.decode().encode("utf-16-le"),
+    "utf-16-le-space-first": b" \x00" + C2S.decode().encode("utf-16-le"),
+    "utf-16-be-space-first": b"\x00 " + C2S.decode().encode("utf-16-be"),
+    "utf-32-le": C2S.decode().encode("utf-32-le"),
+    "utf-32-be-bom": codecs.BOM_UTF32_BE + C2S.decode().encode("utf-32-be"),
+    "utf-32-le-bom": C2S.decode().encode("utf-32"),
+    "nul-second": b"<\x00",
+}
+
+
+@pytest.mark.parametrize("name", NOT_UTF8)
+def test_utf16_and_utf32_are_unsupported_encoding_at_any_split(name: str) -> None:
+    data = NOT_UTF8[name]
+    expected = [ProtocolError(
+        "unsupported-encoding",
+        "not UTF-8: a UTF-16/UTF-32 byte order mark or NUL byte (RFC 6120 §11.6)")]
+    for cut in range(len(data)):  # the first segment of every length, the fuzzer's find
+        assert feed_all(StreamReader(), [data[:cut], data[cut:]]) == expected, cut
+    assert feed_all(StreamReader(), byte_by_byte(data)) == expected
+    assert StartTLSTracker().client_data(data) == expected
+
+
+def test_utf8_byte_order_mark_is_accepted() -> None:
+    data = codecs.BOM_UTF8 + C2S
+    for chunks in ([data], byte_by_byte(data)):
+        [header] = feed_all(StreamReader(), chunks)
+        assert header.to == "example.test"
+
+
+@pytest.mark.parametrize("encoding", ["UTF-16", "utf-32", "ISO-8859-1", "US-ASCII"])
+def test_declared_encoding_other_than_utf8_is_refused(encoding: str) -> None:
+    data = C2S.replace(b"version='1.0'?>", f"version='1.0' encoding='{encoding}'?>".encode())
+    [error] = StreamReader().feed(data)
+    assert error.condition == "unsupported-encoding"
+
+
+# --- cost: an unfinished token reaches expat once, whole -------------------------------------
+
+
+class CountingParser:
+    """Wraps an expat parser to record what each Parse call is given."""
+
+    def __init__(self, parser: object, calls: list[bytes]) -> None:
+        object.__setattr__(self, "_parser", parser)
+        object.__setattr__(self, "_calls", calls)
+
+    def Parse(self, data: bytes, final: bool = False) -> int:  # noqa: N802 (expat's name)
+        self._calls.append(bytes(data))
+        return self._parser.Parse(data, final)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._parser, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(self._parser, name, value)
+
+
+@pytest.fixture()
+def parse_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    calls: list[bytes] = []
+    create = expat.ParserCreate
+    monkeypatch.setattr(expat, "ParserCreate",
+                        lambda *a, **kw: CountingParser(create(*a, **kw), calls))
+    return calls
+
+
+def test_a_long_tag_fed_a_byte_at_a_time_reaches_expat_once(parse_calls: list[bytes]) -> None:
+    """Expat rescans an unfinished token on every Parse: handing it each byte of a 60 KB tag
+    cost 60,000 calls and the square of the length in scanning (seconds of CPU)."""
+    tag = b"<message to='a@example.test' x='" + b"y>" * 30_000 + b"'>"
+    reader = StartTLSTracker(max_cleartext_bytes=10**6).client
+    events = feed_all(reader, byte_by_byte(C2S + b" " + tag))
+    assert events[1:] == [Element("jabber:client", "message")]
+    assert b"".join(parse_calls) == C2S + b" " + tag  # every byte once, in order
+    assert len(parse_calls) <= 4  # the XML declaration, the header, the space, the tag
+    assert parse_calls[-1] == tag
+
+
+def test_text_and_bytes_no_xml_can_hold_reach_expat_at_once() -> None:
+    """Holding a tag must not delay an error expat can already see."""
+    assert StreamReader().feed(b"GET / HTTP/1.1\r\n")[0].condition == "not-well-formed"
+    assert StreamReader().feed(b"\x16\x03\x01\x02\x00\x01")[0].condition == "not-well-formed"
+    for garbage in (b"\x00", b"\x1b", b"\xff", b"\xc0", b"<"):
+        reader = StreamReader()
+        events = feed_all(reader, byte_by_byte(b"<stream:stream to='a" + garbage + b"bc"))
+        assert [e.condition for e in events] == ["not-well-formed"], garbage
+
+
+def test_a_token_longer_than_max_token_bytes_is_refused_whatever_the_split() -> None:
+    expected = ProtocolError("policy-violation", "an XML token longer than 200 bytes")
+    for tag in (b"<message a='" + b"x" * 200 + b"'/>", b"<!--" + b"-" * 200, b"&" + b"a" * 200):
+        data = C2S + tag
+        for chunks in ([data], byte_by_byte(data), [C2S, tag[:50], tag[50:]]):
+            reader = StreamReader(max_token_bytes=200)
+            assert feed_all(reader, chunks)[1:] == [expected], (tag, chunks)
+            assert reader.buffered == 0
+    fits = C2S + b"<m a='" + b"x" * 190 + b"'/>"
+    assert len(feed_all(StreamReader(max_token_bytes=200), byte_by_byte(fits))) == 2
+
+
 # --- STARTTLS tracker ---------------------------------------------------------------------
 
 
@@ -145,12 +255,83 @@ def test_stream_without_starttls_goes_opaque_at_first_other_element() -> None:
     assert events[-1] == Opaque(False, "client sent <auth/> without STARTTLS")
 
 
-def test_require_starttls_refuses_auth_before_tls() -> None:
+# RFC 6120 §5.4.3.3, §6.4.1: under require_starttls nothing but <starttls/> may pass before
+# TLS, whatever it is: each is refused when its start tag is complete, before its content.
+BEFORE_TLS = {
+    "sasl": (C2S, AUTH),
+    "sasl2": (C2S, b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>"
+                   b"<initial-response>AGFsaWNlAHNlY3JldA==</initial-response></authenticate>"),
+    "iq-auth": (C2S, b"<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice"
+                     b"</username><password>secret</password></query></iq>"),
+    "register": (C2S, b"<iq type='get' id='1'><query xmlns='jabber:iq:register'/></iq>"),
+    "message": (C2S, b"<message to='bob@example.test'><body>hi</body></message>"),
+    "dialback": (S2S, b"<db:result from='pr.test' to='example.test'>s3cr3tk3y</db:result>"),
+}
+
+
+@pytest.mark.parametrize("name", BEFORE_TLS)
+def test_require_starttls_refuses_any_other_element_at_its_start(name: str) -> None:
+    header, element = BEFORE_TLS[name]
+    start_tag_end = element.index(b">") + 1
     tracker = StartTLSTracker(require_starttls=True)
-    events = tracker.client_data(C2S + b"<iq type='get' id='1'><query xmlns='jabber:iq:register'/></iq>")
-    assert tracker.opaque is None and not any(isinstance(e, ProtocolError) for e in events)
-    events = tracker.client_data(AUTH[:70])  # start tag complete, credentials not yet
-    assert events[-1] == ProtocolError("policy-violation", "authentication before STARTTLS refused")
+    assert isinstance(tracker.client_data(header + b"\n  ")[0], StreamHeader)
+    assert tracker.client_data(element[:start_tag_end - 1]) == []
+    [error] = tracker.client_data(element[start_tag_end - 1:])
+    assert error.condition == "policy-violation" and "before STARTTLS refused" in error.text
+    assert tracker.client_data(STARTTLS) == []  # refused for good
+    whole = StartTLSTracker(require_starttls=True).client_data(header + element)
+    assert whole[-1] == error
+
+
+def test_without_require_starttls_other_elements_go_opaque_as_before() -> None:
+    for header, element in BEFORE_TLS.values():
+        events = StartTLSTracker().client_data(header + element)
+        assert isinstance(events[-1], Opaque) and not events[-1].starttls
+
+
+@pytest.mark.parametrize("text", [b"password", b"&amp;", b"<![CDATA[ ]]>", b"]]x"])
+def test_require_starttls_refuses_text_between_elements(text: bytes) -> None:
+    events = StartTLSTracker(require_starttls=True).client_data(C2S + b" " + text)
+    assert events[-1].condition == "policy-violation"
+
+
+@pytest.mark.parametrize("after", [AUTH, b"<", b" \r\n\t<auth", b"\x16\x03\x01\x02\x00", b"x",
+                                   b"</stream:stream>"])
+def test_require_starttls_refuses_any_byte_after_starttls_before_proceed(after: bytes) -> None:
+    """Pipelined after <starttls/>, in its segment or a later one, at any split: refused
+    before it reaches the real in the clear."""
+    data = C2S + STARTTLS + after
+    for cut in range(len(C2S) + 1, len(data)):
+        tracker = StartTLSTracker(require_starttls=True)
+        events = tracker.client_data(data[:cut]) + tracker.client_data(data[cut:])
+        assert events[1:] == [Element(TLS_NS, "starttls"), ProtocolError(
+            "policy-violation", "data after <starttls/> before the server's <proceed/>")], cut
+
+
+def test_require_starttls_lets_whitespace_through_until_proceed() -> None:
+    tracker = StartTLSTracker(require_starttls=True)
+    tracker.client_data(C2S + b" \n" + STARTTLS[:-2])
+    assert tracker.client_data(STARTTLS[-2:] + b"\n") == [Element(TLS_NS, "starttls")]
+    assert tracker.client_data(b" \t\r\n") == []
+    assert tracker.server_data(SERVER + PROCEED)[-1] == Opaque(True, "server sent <proceed/>")
+    assert tracker.client_data(b"\x16\x03\x01\x02\x00") == []  # TLS now: not looked at
+
+
+def test_require_starttls_accepts_starttls_with_an_end_tag_but_nothing_inside() -> None:
+    open_tag = STARTTLS[:-2] + b">"
+    tracker = StartTLSTracker(require_starttls=True)
+    tracker.client_data(C2S + open_tag + b" ")
+    assert tracker.client_data(b"</starttls> ") == []
+    assert tracker.starttls_requested and tracker.client.error is None
+    for inside in (b"<required/>", b"secret"):
+        events = StartTLSTracker(require_starttls=True).client_data(C2S + open_tag + inside)
+        assert events[-1].condition == "policy-violation", inside
+
+
+def test_without_require_starttls_what_follows_starttls_is_not_looked_at() -> None:
+    tracker = StartTLSTracker()
+    assert tracker.client_data(C2S + STARTTLS + AUTH)[1:] == [Element(TLS_NS, "starttls")]
+    assert tracker.client_data(b"<message/>") == []
 
 
 def test_require_starttls_allows_starttls() -> None:
@@ -180,8 +361,11 @@ def test_malformed_header_is_the_gateways_to_answer() -> None:
 
 def test_long_cleartext_phase_stops_tracking() -> None:
     tracker = StartTLSTracker(require_starttls=True, max_cleartext_bytes=1000)
-    events = tracker.client_data(C2S + b"<iq id='1' type='get'><x/></iq>" * 100)
+    events = tracker.client_data(C2S + b"\n" * 1000)
     assert events[-1] == ProtocolError("policy-violation", "over 1000 bytes before STARTTLS")
+    tracker = StartTLSTracker(max_cleartext_bytes=1000)
+    events = tracker.client_data(C2S + b"\n" * 1000)
+    assert events[-1] == Opaque(False, "cleartext phase too long to follow")
 
 
 # --- hypothesis: the verdict depends on the bytes, never on the segmentation -----------------
@@ -198,32 +382,74 @@ DOCUMENTS = st.sampled_from([
     COMPONENT + b"<handshake>x</handshake>", C2S + AUTH, C2S + b"<!-- c -->",
     C2S + b"<message>&amp;&lt;&#65;&unknown;</message>", b"<!DOCTYPE x>",
     b"<stream:stream xmlns='jabber:client' " + b"a" * 5000,
+    *NOT_UTF8.values(), codecs.BOM_UTF8 + C2S + STARTTLS + b" \n" + AUTH,
+    C2S + STARTTLS + AUTH, C2S + b"<message a='>'>\xc3\xa9</message>",
 ])
 
+# Pieces a stream can be made of, well-formed or not: headers, elements, markup fragments,
+# byte order marks, NUL and other bytes no XML holds, non-ASCII, UTF-16 text.
+PIECES = [
+    C2S, S2S, COMPONENT, STARTTLS, AUTH, PROCEED, SERVER, STARTTLS[:-2] + b">", b"</starttls>",
+    b" ", b"\r\n", b"\t", b"<", b">", b"/>", b"'", b'"', b"=", b"</", b"<message>", b"</message>",
+    b"</stream:stream>", b"<!--", b"-->", b"<![CDATA[", b"]]>", b"<?", b"?>", b"<!", b"&amp;",
+    b"&#x20;", b"&", b";", b"a", codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE,
+    codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, b"\x00", b"\x01", b"\x80", b"\xc0", b"\xc3",
+    b"\xff", "é".encode(), "\u2028".encode(), "\U0001f600".encode(), "<a>".encode("utf-16-le"),
+    b"\x16\x03\x01\x02\x00",
+]
+STREAMS = st.one_of(
+    DOCUMENTS,
+    st.lists(st.one_of(st.sampled_from(PIECES), st.binary(max_size=6)), max_size=16).map(
+        b"".join),
+    st.tuples(st.sampled_from([C2S, S2S, C2S + STARTTLS, codecs.BOM_UTF8 + C2S]),
+              st.lists(st.sampled_from(PIECES), max_size=12)).map(
+        lambda t: t[0] + b"".join(t[1])),
+)
+LIMITS = st.sampled_from([(4096, 65536), (None, 65536), (64, 32), (300, 200)])
 
-@settings(max_examples=300, deadline=None)
-@given(doc=DOCUMENTS, cuts=st.lists(st.integers(min_value=0), max_size=20))
-def test_reader_split_invariance(doc: bytes, cuts: list[int]) -> None:
-    whole = StreamReader().feed(doc)
-    assert feed_all(StreamReader(), split(doc, cuts)) == whole
-    assert feed_all(StreamReader(), byte_by_byte(doc)) == whole
+
+@settings(max_examples=400, deadline=None)
+@given(doc=STREAMS, cuts=st.lists(st.integers(min_value=0), max_size=20), limits=LIMITS)
+def test_reader_split_invariance(doc: bytes, cuts: list[int],
+                                 limits: tuple[int | None, int]) -> None:
+    def reader() -> StreamReader:
+        return StreamReader(*limits)
+
+    whole = reader().feed(doc)
+    assert feed_all(reader(), split(doc, cuts)) == whole
+    assert feed_all(reader(), byte_by_byte(doc)) == whole
+    assert sum(isinstance(e, ProtocolError) for e in whole) <= 1
+    assert sum(isinstance(e, StreamHeader) for e in whole) <= 1
 
 
-@settings(max_examples=300, deadline=None)
-@given(doc=DOCUMENTS, cuts=st.lists(st.integers(min_value=0), max_size=20),
-       require=st.booleans())
-def test_tracker_split_invariance(doc: bytes, cuts: list[int], require: bool) -> None:
-    whole = StartTLSTracker(require_starttls=require).client_data(doc)
-    tracker = StartTLSTracker(require_starttls=require)
-    assert [e for chunk in split(doc, cuts) for e in tracker.client_data(chunk)] == whole
+def tracker_events(tracker: StartTLSTracker, chunks: list[bytes], side: str) -> list:
+    feed = tracker.client_data if side == "client" else tracker.server_data
+    return [e for chunk in chunks for e in feed(chunk)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=STREAMS, cuts=st.lists(st.integers(min_value=0), max_size=20),
+       require=st.booleans(), side=st.sampled_from(["client", "server"]))
+def test_tracker_split_invariance(doc: bytes, cuts: list[int], require: bool, side: str) -> None:
+    def tracker() -> StartTLSTracker:
+        made = StartTLSTracker(require_starttls=require, max_cleartext_bytes=300)
+        if side == "server":
+            made.client_data(C2S + STARTTLS)
+        return made
+
+    whole = tracker_events(tracker(), [doc], side)
+    assert tracker_events(tracker(), split(doc, cuts), side) == whole
+    assert tracker_events(tracker(), byte_by_byte(doc), side) == whole
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=600), st.lists(st.integers(min_value=0), max_size=8))
 def test_reader_never_raises_on_garbage(data: bytes, cuts: list[int]) -> None:
-    events = feed_all(StreamReader(max_header_bytes=512), split(data, cuts))
+    reader = StreamReader(max_header_bytes=512, max_token_bytes=128)
+    events = feed_all(reader, split(data, cuts))
     assert sum(isinstance(e, ProtocolError) for e in events) <= 1
     assert sum(isinstance(e, StreamHeader) for e in events) <= 1
+    assert reader.buffered <= 128
 
 
 def test_server_between_elements_only_at_a_top_level_boundary() -> None:
