@@ -584,3 +584,45 @@ def test_builder_roundtrip_any_fragmentation(
                            tuple(versions), len(stream))
     assert one(stream) == expected
     assert feed_all(stream + b"\x17\x03\x03", split_points(data.draw, len(stream))) == [expected]
+
+
+# Hostile bytes where names and framing go: byte order marks, NUL, non-ASCII, UTF-16, an
+# XMPP header on the TLS port. Every one gives the same events whole, byte by byte and in
+# random splits, and a host_name with any of them is refused, never routed.
+HOSTILE = [b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff", b"\x00", b"\xc3\xa9",
+           b"\xff", b"\x80", "é".encode("utf-16-le"), "<stream:stream".encode("utf-16-le"),
+           b"<?xml version='1.0'?><stream:stream>", b".", b"..", b"-", b"\r\n"]
+
+
+@st.composite
+def hostile_hellos(draw: st.DrawFn) -> bytes:
+    label = draw(st.sampled_from([b"example", b"a", b"x" * 63]))
+    name = draw(st.lists(st.sampled_from([label, *HOSTILE]), min_size=1, max_size=4))
+    alpn = draw(st.lists(st.sampled_from([b"xmpp-client", *HOSTILE]), min_size=1, max_size=3))
+    message = handshake(hello_body(sni_ext(b"".join(name)) + alpn_ext(*alpn)))
+    fragments = draw(st.lists(st.integers(1, 40), max_size=4))
+    stream = records(message, fragments if sum(fragments) < len(message) else [])
+    if draw(st.booleans()):  # a hostile piece somewhere in the framing as well
+        at = draw(st.integers(0, len(stream)))
+        stream = stream[:at] + draw(st.sampled_from(HOSTILE)) + stream[at:]
+    return draw(st.sampled_from([b"", *HOSTILE])) + stream + draw(st.binary(max_size=8))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_hellos(), st.data())
+def test_hostile_bytes_same_events_for_any_split(stream: bytes, data: st.DataObject) -> None:
+    whole = feed_all(stream)
+    assert len(whole) <= 1
+    assert feed_all(stream, [1] * len(stream)) == whole
+    assert feed_all(stream, split_points(data.draw, len(stream))) == whole
+    if whole and isinstance(whole[0], ClientHello) and whole[0].sni is not None:
+        assert whole[0].sni.isascii() and "\x00" not in whole[0].sni
+        assert all(0 < len(label) <= 63 for label in whole[0].sni.split("."))
+
+
+@pytest.mark.parametrize("piece", [p for p in HOSTILE if p not in (b".", b"-")])
+def test_a_hostile_host_name_is_refused(piece: bytes) -> None:
+    for name in (piece + b"example.test", b"ex" + piece + b"ample.test", b"example.test" + piece):
+        event = one(hello(sni_ext(name)))
+        assert isinstance(event, HelloError) and event.alert == DECODE_ERROR, name
+        assert "not a DNS name" in event.reason

@@ -461,3 +461,43 @@ def test_a_large_v2_header_trickling_in_byte_by_byte_is_linear() -> None:
     events = [reader.feed(data[i:i + 1]) for i in range(len(data))]
     assert time.perf_counter() - started < 2.0
     assert events[-2] is NEED_MORE and isinstance(events[-1], ProxyHeader)
+
+
+# Hostile bytes where a header's text and fields go: byte order marks, NUL, non-ASCII
+# (digits and letters that look like ASCII ones included), UTF-16, an XMPP header instead
+# of PROXY. Inserted anywhere into a good header, or in front of it, every one gives the
+# same verdict whole, byte by byte and in random splits.
+HOSTILE = [b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff", b"\x00", b"\x00\x00", b"\xc3\xa9",
+           b"\xff", b"\x80", "١".encode(), "０".encode(), "PROXY ".encode("utf-16-le"),
+           b"<?xml version='1.0'?><stream:stream>", b"\r", b"\n", b" ", b"%eth0", b"::"]
+GOOD = [encode_v1(("192.0.2.1", 56324), ("192.0.2.11", 5222)),
+        encode_v1(("2001:db8::1", 1), ("2001:db8::2", 5269)),
+        encode_v2(("192.0.2.1", 56324), ("192.0.2.11", 5222), alpn=b"xmpp-client",
+                  authority="example.test"),
+        encode_v2(None, None, local=True), b"PROXY UNKNOWN\r\n"]
+
+
+@st.composite
+def hostile_headers(draw: st.DrawFn) -> bytes:
+    header = draw(st.sampled_from(GOOD))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(header)))
+        header = header[:at] + draw(st.sampled_from(HOSTILE)) + header[at:]
+    return header + draw(st.sampled_from([b"", b"<stream:stream>", *HOSTILE]))
+
+
+@given(hostile_headers(), splits, splits)
+def test_hostile_bytes_same_verdict_for_any_split(data: bytes, a: list[int],
+                                                  b: list[int]) -> None:
+    whole = _verdict(data, [])
+    assert _verdict(data, [1] * len(data)) == whole
+    assert _verdict(data, a) == whole
+    assert _verdict(data, b) == whole
+
+
+@pytest.mark.parametrize("piece", [p for p in HOSTILE if p not in (b" ", b"::")])
+def test_hostile_bytes_inside_a_v1_line_are_refused(piece: bytes) -> None:
+    line = GOOD[0]
+    for at in range(len(b"PROXY "), len(line) - 2):
+        event = parse(line[:at] + piece + line[at:])
+        assert isinstance(event, ProxyError), (at, event)

@@ -172,6 +172,12 @@ class ClientHelloReader:
         self._handshake = bytearray()  # the handshake message reassembled so far
         self._done = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held while undecided (a record header, the handshake so far): at most
+        ``max_bytes``; none once the outcome is decided."""
+        return len(self._header) + len(self._handshake)
+
     def feed(self, data: bytes) -> list[ClientHelloEvent]:
         """Consume ``data``; see the class docstring for what is returned when."""
         if self._done or not data:
@@ -183,7 +189,8 @@ class ClientHelloReader:
         if event is None:
             return []
         self._done = True
-        self._handshake = bytearray()  # nothing more will be read: drop the buffer early
+        # Nothing more will be read: drop the buffers early.
+        self._header, self._handshake = bytearray(), bytearray()
         return [event]
 
     def _consume(self, data: memoryview) -> ClientHello | None:
