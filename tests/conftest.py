@@ -21,3 +21,16 @@ def xmpp_gateway(servers: Servers,  # noqa: F811
     yield gw
     assert gw.stop() == 0, gw.log_text()[-3000:]
     assert "Traceback" not in gw.log_text()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many cases each fuzz target ran (tests/unit/test_fuzz.py), so a run says what it
+    covered: the count is bounded in CI and raised on demand with XMPPGW_FUZZ_CASES."""
+    lines = [f"{report.nodeid}: {value}"
+             for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call"
+             for name, value in getattr(report, "user_properties", ()) if name == "fuzz_cases"]
+    if lines:
+        terminalreporter.section("fuzz cases")
+        for line in lines:
+            terminalreporter.write_line(line)
