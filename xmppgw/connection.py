@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from xmppgw.addresses import client_ip, unmapped
 from xmppgw.slb.plan import Abort, Action, Commit, Connect, ConnectPlan, Detach, GiveUp, Queued, Replay
 from xmppgw.wire import clienthello as tls
 from xmppgw.wire import proxyproto
@@ -985,8 +986,7 @@ def listed(ip: str, networks: tuple[Any, ...]) -> bool:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = unmapped(address)
     return any(address.version == net.version and address in net for net in networks)
 
 

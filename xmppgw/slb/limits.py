@@ -41,6 +41,7 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from xmppgw.addresses import unmapped
 from xmppgw.config import Limits
 
 __all__ = ["ADMITTED", "Admission", "Verdict", "source_key"]
@@ -77,8 +78,8 @@ def source_key(ip: str, ipv6_prefix: int = 64) -> str:
         addr = ipaddress.IPv6Address(ip.partition("%")[0])
     except ValueError:
         return ip
-    if addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
+    if isinstance(v4 := unmapped(addr), ipaddress.IPv4Address):
+        return str(v4)
     if ipv6_prefix >= 128:
         return str(addr)
     net = ipaddress.IPv6Network((int(addr) >> (128 - ipv6_prefix) << (128 - ipv6_prefix),

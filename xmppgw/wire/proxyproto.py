@@ -60,6 +60,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from xmppgw.addresses import unmapped
+
 __all__ = [
     "NEED_MORE",
     "TLV_ALPN",
@@ -247,17 +249,10 @@ def _same_family(a: ipaddress.IPv4Address | ipaddress.IPv6Address,
     """Both addresses in one family: unmap ::ffff:a.b.c.d first, else map IPv4 into IPv6."""
     if a.version == b.version:
         return a, b
-    a, b = _unmapped(a), _unmapped(b)
+    a, b = unmapped(a), unmapped(b)
     if a.version == b.version:
         return a, b
     return _mapped(a), _mapped(b)
-
-
-def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-              ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def _mapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
