@@ -726,7 +726,7 @@ class ClientConnection:
         # replayed to another real); reading goes on, up to MAX_CONNECT_BUFFER, so a client
         # that leaves is seen at once.
         self.buffered = sum(map(len, self.buffer))  # type: ignore[arg-type]
-        self.plan = ConnectPlan.for_farm(farm, self.client, now)
+        self.plan = ConnectPlan.for_farm(farm, client_ip(self.peer[0]) if self.peer else "?")
         self.plan.owner = self.owner
         self.engine.sync_peers(farm)
         self._carry_out(self.plan.start(now), out, now)

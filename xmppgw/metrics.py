@@ -20,11 +20,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from xmppgw.slb.types import RealState
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Buckets for time to first server byte: a healthy real answers a stream header in
 # milliseconds; the upper ones catch hedged and reassigned connects (connect_timeout, 1 s).
 TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-REAL_STATES = ("OPERATIONAL", "OUTOFSERVICE", "FAILED", "TESTING", "MAXCONNS", "PROBE_FAILED")
+REAL_STATES = tuple(s.value for s in RealState)  # every state show prints, from the engine
 
 
 def prepare_multiprocess() -> str:

@@ -28,7 +28,7 @@ from xmppgw.slb.plan import (
     Replay,
 )
 
-CLIENT = "198.51.100.7:40000"
+CLIENT = "198.51.100.7"
 
 
 class CountingFarm(Serverfarm):
@@ -38,9 +38,9 @@ class CountingFarm(Serverfarm):
         super().__init__(*args)
         self.outcomes = 0
 
-    def connected(self, real: Real, client: str, now: float) -> None:
+    def connected(self, real: Real, now: float) -> None:
         self.outcomes += 1
-        super().connected(real, client, now)
+        super().connected(real, now)
 
     def failed(self, real: Real, client: str, now: float, reason: str,
                silent: bool = False) -> None:
@@ -63,7 +63,7 @@ def make_farm(n: int = 3, predictor: str = "roundrobin", farm: dict[str, Any] | 
 
 
 def plan_for(farm: Serverfarm, hedge_delay: float | None = 0.2) -> ConnectPlan:
-    return ConnectPlan(farm, CLIENT, 0.0, connect_timeout=1.0, hedge_delay=hedge_delay,
+    return ConnectPlan(farm, CLIENT, connect_timeout=1.0, hedge_delay=hedge_delay,
                        response_timeout=5.0)
 
 
@@ -274,7 +274,7 @@ def test_reassign_bounds_how_many_reals_race_at_once() -> None:
 def fail_now(farm: Serverfarm, real: Real, now: float = 0.0) -> None:
     """One refused attempt on `real` (with numconns 1 it is FAILED)."""
     real.pending += 1
-    farm.failed(real, "192.0.2.1:1", now, "refused")
+    farm.failed(real, "192.0.2.1", now, "refused")
 
 
 def test_last_resort_tries_failed_reals_one_at_a_time() -> None:
@@ -306,7 +306,7 @@ def test_panic_balances_over_every_real_in_service() -> None:
     assert farm.panic
     picked = set()
     for i in range(6):
-        plan = ConnectPlan(farm, f"192.0.2.{i}:1", 0.0, 1.0, None, 5.0)
+        plan = ConnectPlan(farm, f"192.0.2.{i}", 1.0, None, 5.0)
         picked |= set(connects(plan.start(0.0)))
         plan.cancel(0.0)
     assert picked == {a, b, c}
@@ -326,7 +326,7 @@ def queued_farm(**farm: Any) -> CountingFarm:
 def test_a_connection_waits_while_the_real_has_max_connecting_attempts() -> None:
     farm = queued_farm()
     [real] = farm.reals
-    first, second = plan_for(farm), ConnectPlan(farm, "192.0.2.9:1", 0.0, 1.0, 0.2, 5.0, 10.0)
+    first, second = plan_for(farm), ConnectPlan(farm, "192.0.2.9", 1.0, 0.2, 5.0, 10.0)
     assert first.start(0.0) == [Connect(1, real)]
     assert second.start(0.0) == [Queued()]
     assert second.deadline == 10.0 and farm.queue[0] is second
@@ -340,7 +340,7 @@ def test_a_connection_waits_while_the_real_has_max_connecting_attempts() -> None
 
 def test_a_queued_connection_gives_up_at_queue_timeout() -> None:
     farm = queued_farm()
-    first, second = plan_for(farm), ConnectPlan(farm, "192.0.2.9:1", 0.0, 1.0, 0.2, 5.0, 10.0)
+    first, second = plan_for(farm), ConnectPlan(farm, "192.0.2.9", 1.0, 0.2, 5.0, 10.0)
     first.start(0.0)
     second.start(0.0)
     assert second.on_timer(9.9) == []
@@ -351,14 +351,14 @@ def test_a_queued_connection_gives_up_at_queue_timeout() -> None:
 
 def test_a_full_queue_refuses_at_once() -> None:
     farm = queued_farm(queue_length=1)
-    plans = [ConnectPlan(farm, f"192.0.2.{i}:1", 0.0, 1.0, 0.2, 5.0, 10.0) for i in range(3)]
+    plans = [ConnectPlan(farm, f"192.0.2.{i}", 1.0, 0.2, 5.0, 10.0) for i in range(3)]
     assert [type(p.start(0.0)[0]).__name__ for p in plans[:2]] == ["Connect", "Queued"]
     assert plans[2].start(0.0) == [GiveUp(QUEUE_FULL)]
 
 
 def test_a_client_that_leaves_the_queue_is_forgotten() -> None:
     farm = queued_farm()
-    first, second = plan_for(farm), ConnectPlan(farm, "192.0.2.9:1", 0.0, 1.0, 0.2, 5.0, 10.0)
+    first, second = plan_for(farm), ConnectPlan(farm, "192.0.2.9", 1.0, 0.2, 5.0, 10.0)
     first.start(0.0)
     second.start(0.0)
     assert second.cancel(1.0) == [] and not farm.queue
@@ -369,7 +369,7 @@ def test_a_client_that_leaves_the_queue_is_forgotten() -> None:
 def test_a_hedge_never_goes_to_a_real_at_its_limit() -> None:
     farm = make_farm(n=2, farm={"max_connecting": 1})
     a, b = farm.reals
-    other = ConnectPlan(farm, "192.0.2.9:1", 0.0, 1.0, None, 5.0)
+    other = ConnectPlan(farm, "192.0.2.9", 1.0, None, 5.0)
     assert other.start(0.0) == [Connect(1, a)]  # takes a's only slot
     plan = plan_for(farm)
     assert plan.start(0.0) == [Connect(1, b)]
@@ -385,7 +385,7 @@ def test_a_hedge_loser_keeps_its_slot_until_its_verdict() -> None:
     plan.on_timer(0.2)
     [verdict] = detached(plan.on_connected(2, 0.3))
     assert a.connecting == 1
-    assert ConnectPlan(farm, "192.0.2.9:1", 0.3, 1.0, None, 5.0).start(0.3) == [Queued()]
+    assert ConnectPlan(farm, "192.0.2.9", 1.0, None, 5.0).start(0.3) == [Queued()]
     verdict.on_connected(0.5)
     assert a.connecting == 0 and farm.next_waiter(0.5) is not None
 
@@ -471,7 +471,7 @@ def test_a_black_holed_real_is_failed_by_faildetect_and_then_skipped() -> None:
 
 def test_for_farm_uses_the_farm_settings() -> None:
     farm = make_farm()
-    plan = ConnectPlan.for_farm(farm, CLIENT, 0.0)
+    plan = ConnectPlan.for_farm(farm, CLIENT)
     assert (plan.connect_timeout, plan.hedge_delay, plan.response_timeout) == (1.0, 0.2, 5.0)
 
 

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from xmppgw.addresses import client_ip
 from xmppgw.config import Address, RealConfig, ServerfarmConfig
 from xmppgw.slb.farm import Real, Serverfarm
-from xmppgw.slb.predictors import LeastConns, hrw_score
+from xmppgw.slb.predictors import LeastConns, RoundRobin, hrw_score
+from xmppgw.slb.types import Candidate
 
 
 def make_farm(*weights: int, predictor: str, slowstart: float = 0.0,
@@ -23,7 +25,7 @@ def make_farm(*weights: int, predictor: str, slowstart: float = 0.0,
     return Serverfarm(cfg, 0.0)
 
 
-def picks(farm: Serverfarm, n: int, client: str = "198.51.100.7:1") -> list[int]:
+def picks(farm: Serverfarm, n: int, client: str = "198.51.100.7") -> list[int]:
     """n picks, each released at once (no load builds up), as real indexes."""
     out = []
     for _ in range(n):
@@ -93,15 +95,15 @@ def test_leastconns_stays_balanced_under_churn(weights: tuple[int, ...]) -> None
         if owned and (len(owned) > 60 or rng.random() < 0.5):
             real = owned.pop(rng.randrange(len(owned)))
             farm.closed(real, float(i))
-            real = farm.pick(f"198.51.100.{i % 200}:{i}", float(i))
+            real = farm.pick(f"198.51.100.{i % 200}", float(i))
             assert real is not None
-            farm.connected(real, "c", float(i))
+            farm.connected(real, float(i))
             owned.append(real)
             assert balanced()
         else:
-            real = farm.pick(f"198.51.100.{i % 200}:{i}", float(i))
+            real = farm.pick(f"198.51.100.{i % 200}", float(i))
             assert real is not None
-            farm.connected(real, "c", float(i))
+            farm.connected(real, float(i))
             owned.append(real)
             assert balanced()
 
@@ -111,7 +113,7 @@ def test_leastconns_counts_attempts_in_flight() -> None:
     farm = make_farm(5, 5, 5, predictor="leastconns")
     got: Counter[str] = Counter()
     for i in range(300):
-        real = farm.pick(f"198.51.100.{i % 250}:{i}", 0.0)
+        real = farm.pick(f"198.51.100.{i % 250}", 0.0)
         assert real is not None
         got[real.name] += 1
     assert sorted(got.values()) == [100, 100, 100]
@@ -120,9 +122,21 @@ def test_leastconns_counts_attempts_in_flight() -> None:
 def test_leastconns_ties_rotate() -> None:
     """Equal loads that do not change between picks still go round."""
     farm = make_farm(8, 8, 8, predictor="leastconns")
-    predictor = LeastConns(farm.effective_weight)
-    chosen = [predictor.choose(farm.reals, "198.51.100.1", 0.0) for _ in range(6)]
+    predictor = LeastConns()
+    candidates = [Candidate(r, r.weight, r.load) for r in farm.reals]
+    chosen = [predictor.choose(candidates, "198.51.100.1") for _ in range(6)]
     assert chosen == farm.reals * 2
+
+
+def test_predictors_choose_from_the_weight_and_load_they_are_given() -> None:
+    """A predictor reads nothing of the farm: the weight and load handed in decide."""
+    farm = make_farm(8, 8, predictor="leastconns")
+    a, b = farm.reals
+    assert LeastConns().choose([Candidate(a, 1.0, 0), Candidate(b, 8.0, 4)], "x") is a
+    assert LeastConns().choose([Candidate(a, 1.0, 1), Candidate(b, 8.0, 4)], "x") is b
+    rr = RoundRobin()
+    got = [rr.choose([Candidate(a, 3.0, 0), Candidate(b, 1.0, 0)], "x") for _ in range(4)]
+    assert Counter(got) == {a: 3, b: 1}
 
 
 # --- sourcehash --------------------------------------------------------------------------------
@@ -131,20 +145,23 @@ def test_leastconns_ties_rotate() -> None:
 def assignment(farm: Serverfarm, clients: list[str]) -> dict[str, str]:
     out = {}
     for ip in clients:
-        real = farm.pick(f"{ip}:5222", 0.0)
+        real = farm.pick(ip, 0.0)
         assert real is not None
         farm.abandoned(real, 0.0)
         out[ip] = real.name
     return out
 
 
-def test_sourcehash_same_client_same_real_whatever_the_port() -> None:
+def test_sourcehash_same_client_same_real_on_every_reconnect() -> None:
+    """The engine is handed the client's address (no port, which changes on every
+    reconnect); a dual-stack listener's ::ffff:a.b.c.d is the same client."""
     farm = make_farm(8, 8, 8, 8, predictor="sourcehash")
-    first = {ip: farm.pick(f"{ip}:1", 0.0) for ip in ips(200)}
-    for port in (2, 40000, 65535):
+    first = {ip: farm.pick(ip, 0.0) for ip in ips(200)}
+    for _ in range(3):
         for ip in ips(200):
-            assert farm.pick(f"{ip}:{port}", 1.0) is first[ip]
-    assert farm.pick("[2001:db8::1]:1", 0.0) is farm.pick("[2001:db8::1]:9", 0.0)
+            assert farm.pick(ip, 1.0) is first[ip]
+            assert farm.pick(client_ip(f"::ffff:{ip}"), 1.0) is first[ip]
+    assert farm.pick("2001:db8::1", 0.0) is farm.pick(client_ip("2001:DB8:0::1"), 0.0)
 
 
 def test_sourcehash_two_gateways_agree() -> None:
@@ -176,8 +193,8 @@ def test_sourcehash_weighted_shares() -> None:
 
 def test_sourcehash_skips_a_real_that_cannot_take_it() -> None:
     farm = make_farm(8, 8, predictor="sourcehash", maxconns=1)
-    a = farm.pick("198.51.100.1:1", 0.0)
-    b = farm.pick("198.51.100.1:2", 0.0)  # its real is at maxconns: next highest score
+    a = farm.pick("198.51.100.1", 0.0)
+    b = farm.pick("198.51.100.1", 0.0)  # its real is at maxconns: next highest score
     assert {a, b} == set(farm.reals)
 
 

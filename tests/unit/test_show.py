@@ -31,8 +31,8 @@ def seed_snapshot() -> dict:
     cfg = config.load(ROOT / "conf" / "seed.toml")
     farm = Serverfarm(cfg.farm("XMPP"), 0.0)
     for i in range(1245):
-        real = farm.pick(f"198.51.100.{i % 250}:{i}", 0.0)
-        farm.connected(real, f"198.51.100.{i % 250}:{i}", 0.0)
+        real = farm.pick(f"198.51.100.{i % 250}", 0.0)
+        farm.connected(real, 0.0)
     return {"vservers": [], "serverfarms": [{
         "name": farm.name, "predictor": farm.config.predictor, "nat": farm.config.nat,
         "virtuals_inservice": 3,

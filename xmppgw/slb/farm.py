@@ -1,6 +1,6 @@
 """The balancing engine: serverfarms of reals, pure, with the clock passed in.
 
-The asyncio layer asks `farm.pick(client, now, tried)` for a real and reports each attempt's
+The asyncio layer asks `farm.pick(client_ip, now, tried)` for a real and reports each attempt's
 outcome; the engine alone changes states and counters. No sockets, no sleeps, no clock and no
 logging here: every call takes `now`, and every state change is recorded as a `StateChange`
 that the I/O layer collects with `drain_events()` and logs. So failure timelines are tested on
@@ -26,7 +26,9 @@ towards the real's load at once, so a burst of logins cannot all land on the sam
 loaded" real before any handshake completes), and each attempt ends with exactly one of
 `connected` (the real answered: it now owns a connection, later ended by `closed`), `failed`
 (it counts against the real) or `abandoned` (the client left first: no verdict on the real).
-`xmppgw.slb.plan.ConnectPlan` keeps that contract for one client connection.
+`xmppgw.slb.plan.ConnectPlan` keeps that contract for one client connection. A report with
+nothing in flight (or a `closed` with no connection) raises `DoubleReport`: counters are
+never clamped at zero, which would hide the caller's bug.
 
 Overload (README, "Reconnect storms"). A failure signal that grows with load must never take
 reals out faster than load moves away from them:
@@ -46,154 +48,29 @@ reals out faster than load moves away from them:
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from xmppgw.config import RealConfig, ServerfarmConfig
 from xmppgw.slb.predictors import Predictor, make_predictor
+from xmppgw.slb.types import (
+    AVAILABLE,
+    NOT_SERVING,
+    Candidate,
+    DoubleReport,
+    PanicChange,
+    Real,
+    RealState,
+    StateChange,
+    Waiter,
+)
 
-HISTORY_LIMIT = 64  # state changes kept per real for `show`; older ones are in the log
+if TYPE_CHECKING:
+    from xmppgw.config import RealConfig, ServerfarmConfig
+
+__all__ = ["DoubleReport", "PanicChange", "Real", "RealState", "Serverfarm", "StateChange"]
+
 EVENTS_LIMIT = 4096  # undrained changes kept per farm: a missed drain cannot grow memory
 SLOWSTART_FLOOR = 0.05  # a returning real starts at 5% of its weight, never at zero
-
-
-class RealState(StrEnum):
-    """The states `show ip slb reals` prints, in IOS's words."""
-
-    OPERATIONAL = "OPERATIONAL"
-    OUTOFSERVICE = "OUTOFSERVICE"
-    FAILED = "FAILED"
-    TESTING = "TESTING"
-    MAXCONNS = "MAXCONNS"
-    PROBE_FAILED = "PROBE_FAILED"
-
-
-# States from which a return to OPERATIONAL starts the slow-start ramp.
-NOT_SERVING = frozenset(
-    {RealState.FAILED, RealState.TESTING, RealState.OUTOFSERVICE, RealState.PROBE_FAILED})
-
-
-class Waiter(Protocol):
-    """A client connection in the queue (a ConnectPlan): what it may still try."""
-
-    tried: frozenset[Real]
-    last_resort: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PanicChange:
-    """The farm entered (`panic`) or left panic mode; `available` of `inservice` reals."""
-
-    time: float
-    farm: str
-    panic: bool
-    available: int
-    inservice: int
-    threshold: int
-
-
-# Reals that count as available for panic mode (MAXCONNS is shown, never recorded).
-AVAILABLE = frozenset({RealState.OPERATIONAL, RealState.TESTING})
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """One state change of one real, for the log and for `show ... detail` history."""
-
-    time: float
-    farm: str
-    real: str
-    old: RealState
-    new: RealState
-    reason: str
-
-
-def client_ip(client: str) -> str:
-    """The IP part of "1.2.3.4:5678" or "[::1]:5000"; hashing and faildetect ignore the port.
-
-    The port changes on every reconnect, the address does not: sourcehash must send a
-    resuming client (XEP-0198) back to the same real, and faildetect counts clients, not
-    connections.
-    """
-    host = client
-    if client.startswith("["):
-        host = client[1:].partition("]")[0]
-    elif client.count(":") == 1:
-        host = client.partition(":")[0]
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    return str(mapped or ip)  # a dual-stack listener's ::ffff:1.2.3.4 is the client 1.2.3.4
-
-
-@dataclass(slots=True, eq=False, repr=False)
-class Real:
-    """One backend server of a farm: its config, its administrative flags, live counters.
-
-    `state` is the last *recorded* state; `Serverfarm.state(real, now)` is the one to show,
-    since TESTING (retry elapsed) and MAXCONNS are computed from the clock and the load.
-    """
-
-    config: RealConfig
-    standby: bool = False
-    inservice: bool = True
-    probe_failed: bool = False
-    state: RealState = RealState.OPERATIONAL
-    active: int = 0  # connections the real owns now
-    pending: int = 0  # attempts picked and not yet ended
-    total: int = 0  # successful connections since start
-    failed_attempts: int = 0
-    reassigns: int = 0  # client connections moved away from this real after a failed attempt
-    consecutive_failures: int = 0
-    failed_clients: set[str] = field(default_factory=set)
-    retry_at: float | None = None  # set while FAILED: when it becomes TESTING
-    ramp_start: float | None = None  # slow start began here
-    drain_deadline: float | None = None
-    last_change: float = 0.0
-    history: deque[StateChange] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
-    # The other workers of the same gateway (workers > 1), as the I/O layer last read them
-    # from the shared table (`Serverfarm.observe_peers`); zero with one worker.
-    peer_load: int = 0
-    peer_pending: int = 0
-    peer_consecutive_failures: int = 0
-    peer_failed_clients: int = 0
-    peer_failed_until: float = 0.0
-
-    @property
-    def name(self) -> str:
-        return str(self.config.address)
-
-    @property
-    def weight(self) -> int:
-        return self.config.weight
-
-    @property
-    def load(self) -> int:
-        """What leastconns and maxconns count: owned connections plus attempts in flight,
-        over every worker of the gateway."""
-        return self.active + self.pending + self.peer_load
-
-    def endpoint(self, vserver_port: int) -> tuple[str, int]:
-        return self.config.address.with_port(vserver_port)
-
-    def __repr__(self) -> str:  # short, for logs and test failures
-        return f"<Real {self.name} {self.state} active={self.active} pending={self.pending}>"
-
-    def has_room(self) -> bool:
-        """Below `maxconns` (IOS "Maximum Connections" [SLB-12.1E]): at the limit the real is
-        skipped and shown MAXCONNS until one of its connections ends."""
-        limit = self.config.maxconns
-        return limit is None or self.load < limit
-
-    @property
-    def connecting(self) -> int:
-        """Attempts in flight to this real over every worker of the gateway."""
-        return self.pending + self.peer_pending
 
 
 class Serverfarm:
@@ -202,27 +79,21 @@ class Serverfarm:
     def __init__(self, config: ServerfarmConfig, now: float = 0.0) -> None:
         self.config = config
         self.reals = [self._new_real(r, now) for r in config.reals]
-        self.predictor: Predictor = make_predictor(config.predictor, self.effective_weight)
+        self.predictor: Predictor = make_predictor(config.predictor)
         self._events: deque[StateChange | PanicChange] = deque(maxlen=EVENTS_LIMIT)
         self.queue: deque[Waiter] = deque()  # client connections waiting for a free real
         self.queued_total = 0  # connections that ever had to wait
         self.queue_timeouts = 0  # ... and gave up waiting
         self.panic = False
-        self.panics = 0  # times the farm entered panic mode
 
     def _new_real(self, config: RealConfig, now: float) -> Real:
         """At gateway start a real is simply in service or not: no slow start yet."""
-        state = RealState.OPERATIONAL if config.inservice else RealState.OUTOFSERVICE
-        return Real(config, standby=config.standby, inservice=config.inservice, state=state,
+        return Real(config, standby=config.standby, inservice=config.inservice,
                     last_change=now)
 
     @property
     def name(self) -> str:
         return self.config.name
-
-    @property
-    def total_active(self) -> int:
-        return sum(r.active for r in self.reals)
 
     def find(self, name: str) -> Real | None:
         """The real whose address reads `name` (as in `show` and the control commands)."""
@@ -230,9 +101,12 @@ class Serverfarm:
 
     # --- choosing a real ---------------------------------------------------------------
 
-    def pick(self, client: str, now: float, tried: frozenset[Real] = frozenset(),
+    def pick(self, client_ip: str, now: float, tried: frozenset[Real] = frozenset(),
              last_resort: bool = False) -> Real | None:
-        """The real for a new attempt of `client`'s connection, or None if none can take it.
+        """The real for a new attempt of a connection from `client_ip`, or None if none can
+        take it. `client_ip` is an address (`xmppgw.addresses.client_ip`), not "ip:port":
+        the port changes on every reconnect, and sourcehash must send a resuming client
+        (XEP-0198) back to the same real.
 
         `tried` holds reals this client connection already used, so a reassign never returns
         to them. Standby reals are considered only when no other real can take it. A real whose
@@ -245,11 +119,10 @@ class Serverfarm:
         this attempt in its load at once.
         """
         self.refresh(now)
-        ip = client_ip(client)
         any_state = last_resort or self.panic
         for standby in (False, True):
             group = [r for r in self.reals if r.standby is standby and r not in tried]
-            real = self._choose(group, ip, now, any_state)
+            real = self._choose(group, client_ip, now, any_state)
             if real is not None:
                 real.pending += 1
                 return real
@@ -262,23 +135,26 @@ class Serverfarm:
                    for r in self.reals if r not in tried)
 
     def _choose(self, group: list[Real], ip: str, now: float, any_state: bool) -> Real | None:
+        """Filter `group` to what may be picked now; the predictor chooses among it."""
         group = [r for r in group if self._eligible(r, any_state)
                  and r.has_room() and self._has_slot(r)]
-        ready = [r for r in group if r.state is RealState.OPERATIONAL]
-        testing = [r for r in group if r.state is RealState.TESTING and r.pending == 0]
+        ready = [r for r in group if r.recorded_state is RealState.OPERATIONAL]
+        testing = [r for r in group if r.recorded_state is RealState.TESTING and r.pending == 0]
         if any_state:  # panic or last resort: every real in service, the tested ones first
-            ready += [r for r in group if r.state not in (RealState.OPERATIONAL,
-                                                          RealState.TESTING)]
+            ready += [r for r in group if r.recorded_state not in AVAILABLE]
         if testing and not self.predictor.sticky:
             return min(testing, key=lambda r: r.retry_at or 0.0)
         pool = ready + testing if self.predictor.sticky else ready
-        return self.predictor.choose(pool, ip, now) if pool else None
+        if not pool:
+            return None
+        return self.predictor.choose(
+            [Candidate(r, self.effective_weight(r, now), r.load) for r in pool], ip)
 
     @staticmethod
     def _eligible(real: Real, any_state: bool) -> bool:
         if any_state:
             return real.inservice
-        return real.state in AVAILABLE
+        return real.recorded_state in AVAILABLE
 
     def _has_slot(self, real: Real) -> bool:
         limit = real.config.max_connecting or self.config.max_connecting
@@ -339,7 +215,7 @@ class Serverfarm:
 
     # --- outcomes of attempts ------------------------------------------------------------
 
-    def connected(self, real: Real, client: str, now: float) -> None:
+    def connected(self, real: Real, now: float) -> None:
         """The attempt succeeded: the real owns a connection now (ended later by `closed`).
 
         A success clears faildetect's counts; on a TESTING real it is the successful test
@@ -348,7 +224,7 @@ class Serverfarm:
         is the best evidence a real can give.
         """
         self._sync(real, now)
-        real.pending = max(0, real.pending - 1)
+        self._end_attempt(real, "connected")
         real.active += 1
         real.total += 1
         if real.retry_at is not None:
@@ -359,7 +235,7 @@ class Serverfarm:
         real.consecutive_failures = 0
         real.failed_clients.clear()
 
-    def failed(self, real: Real, client: str, now: float, reason: str,
+    def failed(self, real: Real, client_ip: str, now: float, reason: str,
                silent: bool = False) -> None:
         """An attempt failed (refused, timeout, no response, hedged: no answer...).
 
@@ -378,14 +254,14 @@ class Serverfarm:
         failure while already FAILED (an attempt started before) is only counted.
         """
         self._sync(real, now)
-        real.pending = max(0, real.pending - 1)
+        self._end_attempt(real, "failed")
         real.failed_attempts += 1
         if real.retry_at is not None:
             if now >= real.retry_at:
                 self._fail(real, now, f"test connection failed: {reason}")
             return
         real.consecutive_failures += 1
-        real.failed_clients.add(client_ip(client))
+        real.failed_clients.add(client_ip)
         numconns, numclients = real.config.faildetect.numconns, real.config.faildetect.numclients
         consecutive = real.consecutive_failures + real.peer_consecutive_failures
         clients = len(real.failed_clients) + real.peer_failed_clients
@@ -399,16 +275,25 @@ class Serverfarm:
                        f" {clients} clients, last: {reason}")
 
     def _last_available(self, real: Real, now: float) -> bool:
-        return real.state in AVAILABLE and not any(
-            r.state in AVAILABLE for r in self.reals if r is not real and r.inservice)
+        return real.recorded_state in AVAILABLE and not any(
+            r.recorded_state in AVAILABLE for r in self.reals if r is not real and r.inservice)
 
     def abandoned(self, real: Real, now: float) -> None:
         """The attempt ended without a verdict (the client left, or a hedge won first)."""
-        real.pending = max(0, real.pending - 1)
+        self._end_attempt(real, "abandoned")
 
     def closed(self, real: Real, now: float) -> None:
         """A connection the real owned has ended."""
-        real.active = max(0, real.active - 1)
+        if real.active <= 0:
+            raise DoubleReport(f"closed on {real!r}, which owns no connection")
+        real.active -= 1
+
+    @staticmethod
+    def _end_attempt(real: Real, outcome: str) -> None:
+        """Each attempt `pick` returned ends exactly once; a second report is a bug."""
+        if real.pending <= 0:
+            raise DoubleReport(f"{outcome} on {real!r}, which has no attempt in flight")
+        real.pending -= 1
 
     def reassigned(self, real: Real, now: float) -> None:
         """A client connection moved on to another real after an attempt failed on this one."""
@@ -422,7 +307,7 @@ class Serverfarm:
         server is again eligible for new virtual server connections and IOS SLB sends the
         server the next connection for which it qualifies. If the connection is successful,
         the failed server is placed back on the list of active real servers." TESTING is that
-        eligible-again state, computed from `now` (see `_base_state`).
+        eligible-again state, computed from `now` (see `_oper_state`).
         """
         real.retry_at = now + real.config.retry
         real.consecutive_failures = 0
@@ -465,6 +350,7 @@ class Serverfarm:
         for the real) and slow start begins.
         """
         self._sync(real, now)
+        before = real.recorded_state  # the administrative change is recorded against it
         if inservice:
             if not real.inservice:
                 real.inservice = True
@@ -472,11 +358,11 @@ class Serverfarm:
                 real.consecutive_failures = 0
                 real.failed_clients.clear()
             real.drain_deadline = None
-            return self._sync(real, now, "inservice")
+            return self._sync(real, now, "inservice", before)
         real.inservice = False
         real.drain_deadline = None if drain_timeout is None else now + drain_timeout
         drain = "" if drain_timeout is None else f" (drain {drain_timeout:g} s)"
-        return self._sync(real, now, f"no inservice{drain}")
+        return self._sync(real, now, f"no inservice{drain}", before)
 
     def reconfigure(self, config: ServerfarmConfig, now: float) -> list[Real]:
         """A reload: the new config applies to new connections, nothing live is dropped.
@@ -503,7 +389,7 @@ class Serverfarm:
             reals.append(real)
         self.config = config
         self.reals = reals
-        self.predictor = make_predictor(config.predictor, self.effective_weight)
+        self.predictor = make_predictor(config.predictor)
         return list(old.values())
 
     def probe_result(self, real: Real, ok: bool, now: float) -> StateChange | None:
@@ -530,9 +416,10 @@ class Serverfarm:
     def state(self, real: Real, now: float) -> RealState:
         """The state to show now: TESTING once retry elapsed, MAXCONNS while at the limit."""
         self._sync(real, now)
-        if real.state is RealState.OPERATIONAL and not real.has_room():
+        state = real.recorded_state
+        if state is RealState.OPERATIONAL and not real.has_room():
             return RealState.MAXCONNS
-        return real.state
+        return state
 
     def refresh(self, now: float) -> list[StateChange]:
         """Record changes due to the clock alone (FAILED -> TESTING), for timely logs."""
@@ -541,7 +428,7 @@ class Serverfarm:
     def availability(self) -> tuple[int, int]:
         """(available, in service): the reals panic mode counts."""
         inservice = [r for r in self.reals if r.inservice]
-        return sum(r.state in AVAILABLE for r in inservice), len(inservice)
+        return sum(r.oper_state in AVAILABLE for r in inservice), len(inservice)
 
     def _check_panic(self, now: float) -> None:
         """Enter or leave panic mode after a state change (Envoy's healthy panic threshold:
@@ -552,7 +439,6 @@ class Serverfarm:
         if panic is self.panic:
             return
         self.panic = panic
-        self.panics += panic
         self._events.append(PanicChange(now, self.name, panic, available, inservice,
                                         threshold))
 
@@ -562,10 +448,8 @@ class Serverfarm:
         self._events.clear()
         return events
 
-    def _base_state(self, real: Real, now: float) -> RealState:
-        """Administrative state first, then probes, then passive failure detection."""
-        if not real.inservice:
-            return RealState.OUTOFSERVICE
+    def _oper_state(self, real: Real, now: float) -> RealState:
+        """The operational state now: probes first, then passive failure detection."""
         if real.probe_failed:
             return RealState.PROBE_FAILED
         if real.retry_at is not None:
@@ -574,13 +458,17 @@ class Serverfarm:
             return RealState.FAILED
         return RealState.OPERATIONAL
 
-    def _sync(self, real: Real, now: float, reason: str | None = None) -> StateChange | None:
-        """Record the real's state if it changed; start slow start on a return to service.
+    def _sync(self, real: Real, now: float, reason: str | None = None,
+              before: RealState | None = None) -> StateChange | None:
+        """Bring the operational state up to `now`; record the real's state if it changed
+        (from `before` when the caller just changed the administrative state), and start slow
+        start on a return to service.
 
         MAXCONNS is not recorded: it would flap with every open and close at the limit.
         """
-        new = self._base_state(real, now)
-        old = real.state
+        old = real.recorded_state if before is None else before
+        real.oper_state = self._oper_state(real, now)
+        new = real.recorded_state
         if new is old:
             return None
         at = now
@@ -591,10 +479,8 @@ class Serverfarm:
             real.ramp_start = at
         elif new in NOT_SERVING:
             real.ramp_start = None
-        real.state = new
         real.last_change = at
         change = StateChange(at, self.name, real.name, old, new, reason or str(new).lower())
-        real.history.append(change)
         self._events.append(change)
         self._check_panic(now)
         return change

@@ -65,7 +65,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from xmppgw.slb.farm import Real, Serverfarm
+    from xmppgw.slb.farm import Serverfarm
+    from xmppgw.slb.types import Real
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +147,12 @@ class DetachedAttempt:
     timeout, the one piece of evidence that condemns a silent real.
     """
 
-    __slots__ = ("client", "deadline", "farm", "real", "reported")
+    __slots__ = ("client_ip", "deadline", "farm", "real", "reported")
 
-    def __init__(self, farm: Serverfarm, real: Real, client: str, deadline: float) -> None:
+    def __init__(self, farm: Serverfarm, real: Real, client_ip: str, deadline: float) -> None:
         self.farm = farm
         self.real = real
-        self.client = client
+        self.client_ip = client_ip
         self.deadline = deadline
         self.reported = False
 
@@ -161,11 +162,11 @@ class DetachedAttempt:
 
     def on_failed(self, now: float, reason: str) -> None:
         if not self._report():
-            self.farm.failed(self.real, self.client, now, reason)
+            self.farm.failed(self.real, self.client_ip, now, reason)
 
     def on_timer(self, now: float) -> None:
         if not self._report():
-            self.farm.failed(self.real, self.client, now, TIMEOUT, silent=True)
+            self.farm.failed(self.real, self.client_ip, now, TIMEOUT, silent=True)
 
     def cancel(self, now: float) -> None:
         """The gateway stops: no verdict."""
@@ -178,13 +179,16 @@ class DetachedAttempt:
 
 
 class ConnectPlan:
-    """The connect/reassign/hedge/queue decisions for one client connection."""
+    """The connect/reassign/hedge/queue decisions for one client connection.
 
-    def __init__(self, farm: Serverfarm, client: str, now: float, connect_timeout: float,
+    `client_ip` is the client's address (`xmppgw.addresses.client_ip`), not "ip:port": the
+    farm hashes it (sourcehash) and counts it (faildetect numclients)."""
+
+    def __init__(self, farm: Serverfarm, client_ip: str, connect_timeout: float,
                  hedge_delay: float | None, response_timeout: float | None,
                  queue_timeout: float = 0.0) -> None:
         self.farm = farm
-        self.client = client
+        self.client_ip = client_ip
         self.connect_timeout = connect_timeout
         self.hedge_delay = hedge_delay if hedge_delay and hedge_delay < connect_timeout else None
         self.response_timeout = response_timeout or None
@@ -199,10 +203,10 @@ class ConnectPlan:
         self._hedge_at: float | None = None
 
     @classmethod
-    def for_farm(cls, farm: Serverfarm, client: str, now: float) -> ConnectPlan:
+    def for_farm(cls, farm: Serverfarm, client_ip: str) -> ConnectPlan:
         """A plan with the farm's own timeouts."""
         c = farm.config
-        return cls(farm, client, now, c.connect_timeout, c.hedge_delay, c.response_timeout,
+        return cls(farm, client_ip, c.connect_timeout, c.hedge_delay, c.response_timeout,
                    c.queue_timeout)
 
     # --- what the I/O layer reads ------------------------------------------------------
@@ -272,7 +276,7 @@ class ConnectPlan:
         attempt.phase = Phase.COMMITTED
         attempt.deadline = None
         self.winner = attempt
-        self.farm.connected(attempt.real, self.client, now)
+        self.farm.connected(attempt.real, now)
         return [*actions, Commit(attempt.id, attempt.real)]
 
     def on_failed(self, attempt_id: int, now: float, reason: str) -> list[Action]:
@@ -339,7 +343,7 @@ class ConnectPlan:
         attempt.phase = Phase.FAILED
         attempt.reason = reason
         attempt.deadline = None
-        self.farm.failed(attempt.real, self.client, now, reason, silent=silent)
+        self.farm.failed(attempt.real, self.client_ip, now, reason, silent=silent)
 
     def _next_due(self, now: float) -> tuple[Attempt | None] | None:
         """The earliest timer due by `now`: (attempt,) for a timeout, (None,) for the hedge.
@@ -375,13 +379,13 @@ class ConnectPlan:
         of either; else give up."""
         tried = self.tried
         if not self.last_resort:
-            real = self.farm.pick(self.client, now, tried)
+            real = self.farm.pick(self.client_ip, now, tried)
             if real is not None:
                 return [self._launch(real, now)]
             if self.farm.busy(tried):
                 return self._wait(now)
             self.last_resort = True
-        real = self.farm.pick(self.client, now, tried, last_resort=True)
+        real = self.farm.pick(self.client_ip, now, tried, last_resort=True)
         if real is not None:
             return [self._launch(real, now)]
         if self.farm.busy(tried, last_resort=True):
@@ -405,7 +409,7 @@ class ConnectPlan:
         connecting = [a for a in self._in_flight() if a.phase is Phase.CONNECTING]
         if not connecting or not self._budget_allows(connecting[-1].real):
             return []
-        real = self.farm.pick(self.client, now, self.tried)
+        real = self.farm.pick(self.client_ip, now, self.tried)
         return [] if real is None else [self._launch(real, now)]
 
     def _rearm_hedge(self, now: float) -> list[Action]:
@@ -429,7 +433,7 @@ class ConnectPlan:
             self.farm.reassigned(attempt.real, now)  # the connection moved away from it
         attempt.phase = Phase.DETACHED
         deadline, attempt.deadline = attempt.deadline, None
-        verdict = DetachedAttempt(self.farm, attempt.real, self.client,
+        verdict = DetachedAttempt(self.farm, attempt.real, self.client_ip,
                                   deadline if deadline is not None else now)
         return Detach(attempt.id, verdict)
 

@@ -1,8 +1,9 @@
 """Predictors: which of the reals that can take a connection gets it.
 
-The farm filters (states, maxconns, standby, tried) and passes the candidates; a predictor
-only chooses. Weights come from the farm's `effective_weight` (the configured weight, ramped
-during slow start), so every predictor honours slow start without knowing about it.
+The farm filters (states, maxconns, standby, tried) and passes the candidates, each with its
+weight now (the configured weight, ramped during slow start) and its load; a predictor only
+chooses. So every predictor honours slow start without knowing about it, and none reaches
+back into the farm.
 
 - `roundrobin`: smooth weighted round-robin, as nginx does it (ngx_http_upstream_round_robin.c,
   "smooth weighted round-robin balancing", nginx 1.3.1): weights 5:1 give a a a b a a (never
@@ -18,13 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from xmppgw.slb.farm import Real
-
-WeightOf = Callable[["Real", float], float]
+from xmppgw.slb.types import Candidate, Real
 
 
 class Predictor(Protocol):
@@ -32,7 +30,7 @@ class Predictor(Protocol):
 
     sticky: bool
 
-    def choose(self, candidates: list[Real], client_ip: str, now: float) -> Real | None: ...
+    def choose(self, candidates: Sequence[Candidate], client_ip: str) -> Real | None: ...
 
 
 class RoundRobin:
@@ -46,16 +44,14 @@ class RoundRobin:
 
     sticky = False
 
-    def __init__(self, weight_of: WeightOf) -> None:
-        self._weight_of = weight_of
+    def __init__(self) -> None:
         self._current: dict[Real, float] = {}
 
-    def choose(self, candidates: list[Real], client_ip: str, now: float) -> Real | None:
+    def choose(self, candidates: Sequence[Candidate], client_ip: str) -> Real | None:
         best: Real | None = None
         best_score = 0.0
         total = 0.0
-        for real in candidates:
-            weight = self._weight_of(real, now)
+        for real, weight, _load in candidates:
             score = self._current.get(real, 0) + weight
             self._current[real] = score
             total += weight
@@ -77,24 +73,21 @@ class LeastConns:
 
     sticky = False
 
-    def __init__(self, weight_of: WeightOf) -> None:
-        self._weight_of = weight_of
+    def __init__(self) -> None:
         self._turn = 0
 
-    def choose(self, candidates: list[Real], client_ip: str, now: float) -> Real | None:
+    def choose(self, candidates: Sequence[Candidate], client_ip: str) -> Real | None:
         n = len(candidates)
         if n == 0:
             return None
         start = self._turn % n
         self._turn += 1
         best = candidates[start]
-        best_weight = self._weight_of(best, now)
         for i in range(1, n):
-            real = candidates[(start + i) % n]
-            weight = self._weight_of(real, now)
-            if real.load * best_weight < best.load * weight:  # load/weight < best's, no division
-                best, best_weight = real, weight
-        return best
+            c = candidates[(start + i) % n]
+            if c.load * best.weight < best.load * c.weight:  # load/weight < best's, no division
+                best = c
+        return best.real
 
 
 class SourceHash:
@@ -109,14 +102,11 @@ class SourceHash:
 
     sticky = True
 
-    def __init__(self, weight_of: WeightOf) -> None:
-        self._weight_of = weight_of
-
-    def choose(self, candidates: list[Real], client_ip: str, now: float) -> Real | None:
+    def choose(self, candidates: Sequence[Candidate], client_ip: str) -> Real | None:
         best: Real | None = None
         best_key = (0.0, "")
-        for real in candidates:
-            key = (hrw_score(client_ip, real.name, self._weight_of(real, now)), real.name)
+        for real, weight, _load in candidates:
+            key = (hrw_score(client_ip, real.name, weight), real.name)
             if best is None or key > best_key:
                 best, best_key = real, key
         return best
@@ -130,13 +120,13 @@ def hrw_score(client_ip: str, real_name: str, weight: float) -> float:
     return -weight / math.log(h)
 
 
-PREDICTORS: dict[str, Callable[[WeightOf], Predictor]] = {
+PREDICTORS: dict[str, Callable[[], Predictor]] = {
     "roundrobin": RoundRobin,
     "leastconns": LeastConns,
     "sourcehash": SourceHash,
 }
 
 
-def make_predictor(name: str, weight_of: WeightOf) -> Predictor:
-    """The predictor a serverfarm's `predictor` key names (validated by config.py)."""
-    return PREDICTORS[name](weight_of)
+def make_predictor(name: str) -> Predictor:
+    """The predictor a serverfarm's `predictor` key names (the config allows these names)."""
+    return PREDICTORS[name]()
