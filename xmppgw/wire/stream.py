@@ -120,14 +120,13 @@ _REF_STOP = re.compile(rb"[^#0-9A-Za-z_.:\-\x80-\xff]")  # what cannot be in a r
 # Control characters XML 1.0 §2.2 excludes, and bytes that never occur in UTF-8 (RFC 3629
 # §3): expat refuses each wherever it stands (C0/C1 once the next byte is in).
 _NEVER_XML = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\xc0\xc1\xf5-\xff]")
-# A run of text and whole common tokens, each delimited exactly as _scan delimits it (a
-# fast path: one C call for what would take a Python iteration per quote). Possessive, so
-# an unfinished tag costs one pass, never a backtrack.
-_WHOLE = re.compile(
-    rb"(?:[^<&]++"
-    rb"|<(?![!?<])(?:[^'\"<>]++|'[^'<]*+'|\"[^\"<]*+\")*+>"
-    rb"|<\?.*?\?>"
-    rb"|&[#0-9A-Za-z_.:\-\x80-\xff]*+;)*+", re.DOTALL)
+# Text and whole common tokens, each delimited exactly as _scan delimits it (a fast path:
+# one C call for what would take a Python iteration per quote). Possessive, so an
+# unfinished tag costs one pass, never a backtrack.
+_TAG_RE = rb"<(?![!?<])(?:[^'\"<>]++|'[^'<]*+'|\"[^\"<]*+\")*+>"
+_NOT_TAG_RE = rb"[^<&]++|<\?.*?\?>|&[#0-9A-Za-z_.:\-\x80-\xff]*+;"  # text, PI, reference
+_WHOLE = re.compile(rb"(?:%s|%s)*+" % (_TAG_RE, _NOT_TAG_RE), re.DOTALL)
+_WHOLE_TO_A_TAG = re.compile(rb"(?:%s)*+(%s)?" % (_NOT_TAG_RE, _TAG_RE), re.DOTALL)
 _NOT_WHITESPACE = re.compile(rb"[^ \t\r\n]")
 _CLOSERS = {_COMMENT: b"-->", _CDATA: b"]]>", _PI: b"?>", _DECL: b">"}
 _OPENERS = {_COMMENT: b"<!--", _CDATA: b"<![CDATA["}
@@ -347,11 +346,17 @@ class StreamReader:
                     if buf[match.start()] != 0x3C:  # '<'
                         start, pos, verdict = match.start(), match.start(), _TEXT_SEEN
                         break
-                elif end - pos <= limit and not self._stop_at_tags:
-                    # No token here can be too long: skip the whole ones at C speed.
-                    pos = _WHOLE.match(buf, pos).end()  # type: ignore[union-attr]
+                elif end - pos > limit:
                     match = _TEXT_STOP.search(buf, pos)
-                else:
+                elif self._stop_at_tags:  # as below, up to the first tag's end
+                    whole = _WHOLE_TO_A_TAG.match(buf, pos)
+                    if whole.group(1) is not None:  # type: ignore[union-attr]
+                        self._state, self._pos = _TEXT, whole.end()  # type: ignore[union-attr]
+                        return whole.end(), _MORE  # type: ignore[union-attr]
+                    pos = whole.end()  # type: ignore[union-attr]
+                    match = _TEXT_STOP.search(buf, pos)
+                else:  # no token here can be too long: skip the whole ones at C speed
+                    pos = _WHOLE.match(buf, pos).end()  # type: ignore[union-attr]
                     match = _TEXT_STOP.search(buf, pos)
                 if match is None:
                     pos = end
