@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
 
 KINDS = ("c2s", "s2s", "component")
 MODES = ("starttls", "directtls")
