@@ -185,7 +185,7 @@ def test_the_verdict_drives_the_engine_also_for_a_spare_out_of_service() -> None
     assert farm.state(spare, 1.0) is RealState.OUTOFSERVICE
     farm.set_inservice(spare, True, 2.0)
     assert farm.state(spare, 2.0) is RealState.PROBE_FAILED
-    assert all(farm.pick(f"192.0.2.{i}:1", 2.0) is not spare for i in range(20))
+    assert all(farm.pick(f"192.0.2.{i}", 2.0) is not spare for i in range(20))
 
 
 def test_describe_carries_result_error_round_trip_and_last_change() -> None:

@@ -210,7 +210,7 @@ async def test_worker_zeros_probe_verdict_reaches_the_other_workers() -> None:
                                              "reason": "probe failed"})
     one.sync_peers(farm1)  # what a session does before it picks
     assert farm1.state(farm1.reals[1], now) is RealState.PROBE_FAILED
-    assert all(farm1.pick(f"192.0.2.{i}:1", now) is farm1.reals[0] for i in range(10))
+    assert all(farm1.pick(f"192.0.2.{i}", now) is farm1.reals[0] for i in range(10))
     one.engine_changed(farm1)  # worker 1's own row does not speak for the probes
     zero.probe_verdict(RealVerdict(now, "F", "10.0.0.2", True))
     one.sync_peers(farm1)
