@@ -39,7 +39,8 @@ from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 from dns.rdtypes.IN.SRV import SRV
 
-from xmppgw.config import SRV_SERVICES, Config, RealConfig, SrvConfig, VserverConfig
+# The model only: the package's loader brings the logging set-up (asyncio) with it.
+from xmppgw.config.model import SRV_SERVICES, Config, RealConfig, SrvConfig, VserverConfig
 from xmppgw.slb.farm import RealState
 
 IN = dns.rdataclass.IN

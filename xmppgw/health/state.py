@@ -22,9 +22,10 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xmppgw.config import ProbeConfig, ServerfarmConfig
+if TYPE_CHECKING:
+    from xmppgw.config import ProbeConfig, ServerfarmConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,9 +40,12 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xmppgw.addresses import unmapped
-from xmppgw.config import Limits
+
+if TYPE_CHECKING:
+    from xmppgw.config import Limits
 
 __all__ = ["ADMITTED", "Admission", "Verdict", "source_key"]
 
