@@ -191,12 +191,14 @@ def test_the_verdict_drives_the_engine_also_for_a_spare_out_of_service() -> None
 def test_describe_carries_result_error_round_trip_and_last_change() -> None:
     p = ProbeState(probe(fall=1), "F", "10.0.0.1", 5222, 0.0)
     assert p.describe(0.0, 1_000_000.0) == {
-        "type": "tcp", "port": 5222, "verdict": "up", "last_result": None, "last_error": None,
+        "type": "tcp", "implicit": False, "port": 5222, "verdict": "up", "last_result": None,
+        "last_error": None,
         "last_rtt": None, "last_change": None, "last_change_age": None, "runs": 0}
     run(p, Outcome(True, rtt=0.0012345678), 1.0)
     run(p, FAIL, 3.0)
     assert p.describe(5.5, 1_764_000_000.0) == {
-        "type": "tcp", "port": 5222, "verdict": "down", "last_result": "failed",
+        "type": "tcp", "implicit": False, "port": 5222, "verdict": "down",
+        "last_result": "failed",
         "last_error": "connecting: Connection refused", "last_rtt": 0.001235,
         "last_change": "2025-11-24T15:59:57.500Z", "last_change_age": 2.5, "runs": 2}
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from xmppgw import config
-from xmppgw.config import ConfigError, ProbeConfig
+from xmppgw.config import IMPLICIT_PROBE, ConfigError, ProbeConfig
+from xmppgw.health.runner import ProbeRunner
 
 HEAD = """\
 [[vserver]]
@@ -235,3 +236,109 @@ def test_a_resolved_config_pickles_with_its_secret(secret: Path) -> None:
     cfg = checked(HEAD + ISSUE_FORM.format(secret=secret) + REALS)
     assert pickle.loads(pickle.dumps(cfg)) == cfg
     assert pickle.loads(pickle.dumps(cfg)).serverfarms[0].probes[0].password == "s3cret-pw"
+
+
+# --- the implicit tcp probe of a farm whose reals are published in SRV records ------------
+
+SRV = '\n[srv]\nzones = ["example.test"]\nlisten = "127.0.0.1:5353"\n'
+
+
+def test_srv_gives_an_unprobed_published_farm_an_implicit_tcp_probe() -> None:
+    """A real whose address is published must be watched: without probes a stopped real
+    stays in the answers while no client happens to fail on it."""
+    farm = config.loads(HEAD + REALS + SRV).serverfarms[0]
+    assert farm.probes == (IMPLICIT_PROBE,) and farm.implicit_probe
+    probe = IMPLICIT_PROBE
+    assert (probe.type, probe.implicit, probe.interval, probe.timeout, probe.rise,
+            probe.fall) == ("tcp", True, 5.0, 2.0, 2, 3)
+    assert [farm.probes_for(r) for r in farm.reals] == [(IMPLICIT_PROBE,)] * 2
+    assert [probe.port_for(r.address) for r in farm.reals] == [5222, 5333]
+
+
+def test_without_srv_or_published_reals_there_is_no_implicit_probe() -> None:
+    assert config.loads(HEAD + REALS).serverfarms[0].probes == ()
+    off = config.loads(HEAD + REALS + SRV + "publish_reals = false\n").serverfarms[0]
+    assert off.probes == () and not off.implicit_probe
+
+
+def test_probe_empty_on_the_farm_turns_the_implicit_probe_off() -> None:
+    farm = config.loads(HEAD + "probe = []\n" + REALS + SRV).serverfarms[0]
+    assert farm.probes == () and all(farm.probes_for(r) == () for r in farm.reals)
+
+
+def test_configured_probes_are_kept_as_they_are() -> None:
+    text = HEAD + '[[serverfarm.probe]]\ntype = "xmpp-stream"\ndomain = "example.test"\n'
+    farm = config.loads(text + REALS + SRV).serverfarms[0]
+    assert [(p.type, p.implicit) for p in farm.probes] == [("xmpp-stream", False)]
+    assert farm.probes == config.loads(text + REALS).serverfarms[0].probes
+
+
+def test_a_reals_own_list_wins_over_the_implicit_probe() -> None:
+    farm = config.loads(HEAD + """
+[[serverfarm.real]]
+address = "127.0.0.2"
+probe = []
+
+[[serverfarm.real]]
+address = "127.0.0.3"
+[[serverfarm.real.probe]]
+type = "tcp"
+port = 5333
+""" + SRV).serverfarms[0]
+    assert farm.probes == (IMPLICIT_PROBE,)
+    assert [[(p.port, p.implicit) for p in farm.probes_for(r)] for r in farm.reals] == [
+        [], [(5333, False)]]
+
+
+def test_only_farms_a_published_vserver_sends_c2s_or_s2s_to() -> None:
+    text = """
+[[vserver]]
+name = "COMP"
+virtual = "127.0.0.1:5347"
+kinds = ["component"]
+serverfarm = "C"
+
+[[vserver]]
+name = "C2S"
+virtual = "127.0.0.1:5222"
+serverfarm = "X"
+[[vserver.route]]
+domain = "muc.example.test"
+serverfarm = "M"
+[[vserver.route]]
+kind = "component"
+serverfarm = "C2"
+
+[[vserver]]
+name = "UNPUBLISHED"
+virtual = "127.0.0.1:5999"
+srv = []
+serverfarm = "U"
+""" + "".join(f'\n[[serverfarm]]\nname = "{name}"\n[[serverfarm.real]]\naddress = "{ip}"\n'
+              for name, ip in (("C", "10.0.0.1"), ("X", "10.0.0.2"), ("M", "10.0.0.3"),
+                               ("C2", "10.0.0.4"), ("U", "10.0.0.5"), ("IDLE", "10.0.0.6")))
+    cfg = config.loads(text + SRV)
+    assert {f.name for f in cfg.serverfarms if f.implicit_probe} == {"X", "M"}
+
+
+class Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, object]]] = []
+
+    def __getattr__(self, level: str) -> object:
+        return lambda event, **kw: self.lines.append((event, kw))
+
+
+async def test_the_start_log_names_the_farms_with_an_implicit_probe() -> None:
+    cfg = config.loads(HEAD + REALS + SRV)
+    log = Log()
+    runner = ProbeRunner(cfg.serverfarms, log, lambda verdict: None)
+    runner.start()
+    await runner.stop()
+    events = dict(log.lines)
+    assert events["implicit_probe"]["farm"] == "F"
+    assert (events["implicit_probe"]["type"], events["implicit_probe"]["interval"],
+            events["implicit_probe"]["fall"]) == ("tcp", 5.0, 3)
+    assert events["probes_started"] == {"reals": 2, "probes": 2, "implicit": ["F"]}
+    [state] = runner.describe("F", "127.0.0.2", 0.0, 0.0)[:1]
+    assert (state["type"], state["implicit"]) == ("tcp", True)

@@ -182,6 +182,16 @@ def test_show_reals_detail_has_a_probe_column_and_the_errors() -> None:
     assert "probe" not in show.reals(snapshot([down]))
 
 
+def test_show_names_the_implicit_probe() -> None:
+    """The tcp probe the gateway added for SRV publishing says so: the operator never
+    configured it."""
+    implicit = {"type": "tcp", "implicit": True, "port": 5222, "verdict": "up",
+                "last_result": "ok", "last_error": None, "last_rtt": 0.0003,
+                "last_change": None, "last_change_age": None, "runs": 4}
+    row = show.reals(snapshot([implicit]), detail=True).splitlines()[2]
+    assert row.endswith("  tcp (implicit) up 0.3ms")
+
+
 # --- workers: worker 0's verdict reaches the others ------------------------------------------
 
 class Log:

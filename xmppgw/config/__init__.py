@@ -14,6 +14,7 @@ is meant.
 
 from xmppgw.config.loader import loads
 from xmppgw.config.model import (
+    IMPLICIT_PROBE,
     KINDS,
     MODES,
     PROBE_KINDS,
@@ -40,8 +41,8 @@ from xmppgw.config.model import (
 from xmppgw.config.resolver import load, resolve
 
 __all__ = [
-    "KINDS", "MODES", "PROBE_KINDS", "PROBE_TYPES", "SRV_SERVICES", "Address", "Config",
-    "ConfigError", "ExternalRef", "Faildetect", "GatewayConfig", "Keepalive", "Limits",
+    "IMPLICIT_PROBE", "KINDS", "MODES", "PROBE_KINDS", "PROBE_TYPES", "SRV_SERVICES", "Address",
+    "Config", "ConfigError", "ExternalRef", "Faildetect", "GatewayConfig", "Keepalive", "Limits",
     "ProbeConfig", "RealConfig", "Route", "ServerfarmConfig", "SrvConfig", "SrvUpdate",
     "VserverConfig", "domain_matches", "load", "loads", "parse_address", "resolve",
 ]

@@ -22,6 +22,7 @@ from typing import Any
 
 from xmppgw.config.locator import KeyPath, Locator, problem, where
 from xmppgw.config.model import (
+    IMPLICIT_PROBE,
     KINDS,
     MODES,
     NATS,
@@ -236,11 +237,18 @@ def _address(section: _Section, key: str, need_port: bool) -> Address | None:
 def _build(ctx: _Context, data: dict[str, Any]) -> Config:
     top = _Section(ctx, data, ())
     gateway = _gateway(top.sub("gateway"))
-    farms = [_serverfarm(s, gateway) for s in top.tables("serverfarm")]
+    farm_sections = top.tables("serverfarm")
+    farms = [_serverfarm(s, gateway) for s in farm_sections]
     vservers = [_vserver(s, gateway) for s in top.tables("vserver")]
     srv = _srv(top.sub("srv"), gateway) if "srv" in top.data else None
     top.done()
     _cross_check(ctx, vservers, farms)
+    if srv is not None and srv.publish_reals:
+        unprobed = {f.name for s, f in zip(farm_sections, farms, strict=True)
+                    if f is not None and "probe" not in s.data}
+        published = _published_farms(vservers)
+        farms = [dataclasses.replace(f, probes=(IMPLICIT_PROBE,))
+                 if f is not None and f.name in unprobed & published else f for f in farms]
     return Config(
         path=ctx.path,
         gateway=gateway,
@@ -249,6 +257,20 @@ def _build(ctx: _Context, data: dict[str, Any]) -> Config:
         srv=srv,
         external=tuple(ctx.external),
     )
+
+
+def _published_farms(vservers: list[VserverConfig | None]) -> set[str]:
+    """The farms whose reals `[srv]` publishes: those a vserver with an SRV service sends
+    c2s or s2s streams to, by default or by a route. (A farm in this set whose reals no zone
+    ends up naming is still probed: a probe too many costs little, a stale record a lot.)"""
+    names: set[str] = set()
+    for v in vservers:
+        if v is None or v.srv == () or (v.srv is None and not {"c2s", "s2s"} & set(v.kinds)):
+            continue
+        if v.serverfarm is not None:
+            names.add(v.serverfarm)
+        names.update(r.serverfarm for r in v.routes if r.kind != "component")
+    return names
 
 
 def _gateway(s: _Section) -> GatewayConfig:
@@ -364,7 +386,8 @@ _JID_RE = re.compile(r"^[^@/\s]+@[^@/\s]+(/.+)?$")
 
 
 def _probes(s: _Section) -> tuple[ProbeConfig, ...] | None:
-    """`[[...probe]]` tables; None when the key is absent (a real then takes the farm's)."""
+    """`[[...probe]]` tables; None when the key is absent (a real then takes the farm's; a
+    farm whose reals `[srv]` publishes gets `IMPLICIT_PROBE`), `()` for `probe = []`."""
     if "probe" not in s.data:
         s.used.add("probe")
         return None

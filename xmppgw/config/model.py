@@ -131,6 +131,9 @@ class ProbeConfig:
     persistent: bool = True
     tls_verify: bool = True
     tls_ca_file: str | None = None
+    # Not a key of the file: True for the `tcp` probe the loader gives a farm whose reals
+    # are published in SRV records and which has no probes (`IMPLICIT_PROBE`).
+    implicit: bool = False
 
     def port_for(self, address: Address) -> int:
         """The probe's own `port`, else the real's port, else the stream kind's well-known
@@ -147,6 +150,15 @@ class ProbeConfig:
         if self.domain:
             return self.domain
         return (self.jid or "").rpartition("@")[2].partition("/")[0]
+
+
+# A real whose address is published in SRV records must be watched, or a stopped one stays
+# in the answers for as long as no client happens to fail on it. A farm that `[srv]`
+# publishes the reals of and that has no `probe` key gets this one: a `[[serverfarm.probe]]`
+# of type "tcp" with every default (every 5 s, 2 s timeout, out after 3 failed runs, back
+# after 2 passed ones: a real that stops listening leaves the answers within 17 s).
+# `probe = []` on the farm turns it off.
+IMPLICIT_PROBE = ProbeConfig(type="tcp", implicit=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,13 +191,18 @@ class ServerfarmConfig:
     queue_length: int = 4096
     panic_threshold: int = 50
     reals: tuple[RealConfig, ...] = ()
-    probes: tuple[ProbeConfig, ...] = ()
+    probes: tuple[ProbeConfig, ...] = ()  # with [srv], maybe (IMPLICIT_PROBE,): see there
     proxy_protocol: str | None = None  # "v1" | "v2": a PROXY header to reals and probes
 
     def probes_for(self, real: RealConfig) -> tuple[ProbeConfig, ...]:
         """A real's own `[[serverfarm.real.probe]]` list replaces the farm's (`probe = []`
         turns probing off for that real)."""
         return self.probes if real.probes is None else real.probes
+
+    @property
+    def implicit_probe(self) -> bool:
+        """Its probes are the implicit `tcp` probe of a farm published in SRV records."""
+        return any(p.implicit for p in self.probes)
 
 
 @dataclass(frozen=True, slots=True)

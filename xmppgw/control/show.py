@@ -99,7 +99,8 @@ def _probe_cell(probe: dict[str, Any]) -> str:
     verdict = "up" if probe["verdict"] == "up" else "DOWN"
     rtt = "" if probe["last_rtt"] is None or verdict != "up" else (
         f" {probe['last_rtt'] * 1000:.1f}ms")
-    return f"{probe['type']} {verdict}{rtt}"
+    implicit = " (implicit)" if probe.get("implicit") else ""
+    return f"{probe['type']}{implicit} {verdict}{rtt}"
 
 
 def vservers(snapshot: Snapshot) -> str:

@@ -40,6 +40,7 @@ class ProbeRunner:
         self._addresses = {(f.name, str(r.address)): r.address.host
                            for f in farms for r in f.reals}
         self._proxy = {f.name: f.proxy_protocol for f in farms}
+        self._implicit = [f for f in farms if f.implicit_probe]
         self._checks: dict[int, Check] = {}
         self._tls: dict[int, ssl.SSLContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -50,8 +51,15 @@ class ProbeRunner:
         return bool(self.schedule)
 
     def start(self) -> None:
+        for farm in self._implicit:  # the operator configured no probe here: say why one runs
+            probe = farm.probes[0]
+            self.log.info("implicit_probe", farm=farm.name, type=probe.type,
+                          interval=probe.interval, timeout=probe.timeout, rise=probe.rise,
+                          fall=probe.fall, reason="[srv] publishes this farm's reals and it "
+                          "has no probes; `probe = []` on the farm turns this off")
         self.log.info("probes_started", reals=len(self.schedule.reals),
-                      probes=len(self.schedule.probes))
+                      probes=len(self.schedule.probes),
+                      implicit=[f.name for f in self._implicit])
         self._main = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:

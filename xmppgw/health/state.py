@@ -127,6 +127,7 @@ class ProbeState:
         last = self.last
         return {
             "type": self.type,
+            "implicit": self.config.implicit,  # the tcp probe of a farm published in SRV
             "port": self.port,
             "verdict": "up" if self.up else "down",
             "last_result": None if last is None else ("ok" if last.ok else "failed"),
