@@ -528,8 +528,9 @@ class Gateway:
             self.engine_changed(farm)
         self._admin_seen = -1
         await self._apply_vservers()
-        if self.health is not None and _probes_of(old) != _probes_of(config):
-            await self.health.stop()
+        if self.worker == 0 and _probes_of(old) != _probes_of(config):  # also from none
+            if self.health is not None:
+                await self.health.stop()
             self.health = ProbeRunner(config.serverfarms, self.log, self.probe_verdict)
             if self.health:
                 self.health.start()
