@@ -28,6 +28,15 @@ Events are methods (`start`, `client_data`, `client_eof`, `client_lost`, `attemp
 `splice_ended`, `timer`, `wake`, `drain`, `shutdown`, `close`); each returns a list of
 commands (the classes below). The machine keeps one timer: `SetTimer(at)` whenever its
 earliest deadline moves; the adapter calls `timer(now)` when it fires.
+
+Cost: a stream's setup goes through about six events, each answering a short list of small
+command objects; once committed and opaque the adapter relays without calling the machine.
+`bench/run.sh --rounds 1` on a busy machine, before/after this split, two runs each: stream
+opens per proxy CPU-second 3,112 / 3,184 before, 3,169 / 2,676 after (within the noise of a
+loaded machine); RSS per idle stream at 9k streams 3.98 / 3.88 KiB before, 4.51 / 4.59 KiB
+after, a real ~0.6 KiB more (two objects per connection instead of one, and more short-lived
+allocations during setup interleaved with long-lived ones). Folding the adapter's few fields
+into one object and re-arming the timer less often are the next steps.
 """
 
 from __future__ import annotations
