@@ -177,8 +177,10 @@ async def test_killed_node_is_failed_after_exactly_numconns(servers: Servers,
         assert re.fullmatch(rf"{re.escape(dead)}, weight = 8, FAILED, conns = 0", detail[3 + index])
         assert re.fullmatch(r"Total connections = \d+", detail[6])
         reals = gateway.show("reals", "detail")
-        assert re.search(rf"{re.escape(dead)}\s+CLUSTER\s+8\s+FAILED\s+0\s+\d+\s+{NUMCONNS}\b",
-                         reals), reals
+        # real, farm, weight, state, conns, connecting (in flight / max_connecting), total,
+        # failed attempts
+        assert re.search(rf"{re.escape(dead)}\s+CLUSTER\s+8\s+FAILED\s+0\s+0/8\s+\d+\s+"
+                         rf"{NUMCONNS}\b", reals), reals
     finally:
         servers.ejabberd.start_node(index)
     await asyncio.sleep(RETRY)
