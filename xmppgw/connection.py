@@ -795,7 +795,7 @@ class ClientConnection:
         if self.tracker is None:  # TLS from the first byte, or opaque while connecting
             self.negotiation_at = None
             self.phase = OPAQUE
-            out.append(GoOpaque(self.starttls_mode))
+            out.append(GoOpaque(True))  # direct TLS is as opaque as after <proceed/>
         else:
             self.phase = CLEARTEXT_RELAY
         if early:

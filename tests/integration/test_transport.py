@@ -327,9 +327,13 @@ def test_clienthello_is_replayed_exactly(gateway: GatewayProcess, echo) -> None:
         echoed = b""
         while len(echoed) < len(hello):
             echoed += sock.recv(65536)
+        time.sleep(0.3)  # relayed, then handed to the splice relay while idle
+        sock.sendall(b"\x17\x03\x03\x00\x01x")  # an application record after the handover
+        assert sock.recv(100) == b"\x17\x03\x03\x00\x01x"
     assert echoed == hello
     record = gateway.wait_record(lambda r: r.get("sni") == "example.test")
     assert record["alpn"] == ["xmpp-client"] and record["kind"] == "c2s"
+    assert record["spliced"] is True  # direct TLS is opaque from its first byte
 
 
 # --- the relay ---------------------------------------------------------------------------------

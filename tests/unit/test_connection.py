@@ -460,7 +460,7 @@ def test_directtls_routes_on_sni_and_alpn() -> None:
     assert (conn.kind, conn.sni, conn.alpn) == ("c2s", "example.com", ("xmpp-client",))
     conn.attempt_connected(1, 0.2)
     assert conn.attempt_data(1, b"\x16\x03\x03", 0.3) == [
-        Relay(1), GoOpaque(False), SendClient(b"\x16\x03\x03"), changed(world), SetTimer(None)]
+        Relay(1), GoOpaque(True), SendClient(b"\x16\x03\x03"), changed(world), SetTimer(None)]
     assert conn.phase is Phase.OPAQUE
 
 
