@@ -315,6 +315,20 @@ def test_hello_with_empty_extensions_block() -> None:
     assert one(data) == ClientHello(None, (), 0x0303, (), len(data))
 
 
+@pytest.mark.parametrize("raw, address", [
+    (b"192.0.2.1", "192.0.2.1"),
+    (b"2001:db8::1", "2001:db8::1"),
+    (b"[2001:DB8:0::1]", "2001:db8::1"),
+    (b"::ffff:192.0.2.1", "::ffff:c000:201"),
+])
+def test_an_ip_literal_as_sni_is_no_domain(raw: bytes, address: str) -> None:
+    """RFC 6066 §3 forbids IP literals in host_name, but clients send them: not refused,
+    reported apart (`sni_ip`) so it routes like a hello without SNI."""
+    event = one(hello(sni_ext(raw)))
+    assert isinstance(event, ClientHello)
+    assert (event.sni, event.sni_ip) == (None, address)
+
+
 def test_sni_trailing_dot_stripped() -> None:
     event = one(hello(sni_ext(b"Example.Test.")))
     assert isinstance(event, ClientHello) and event.sni == "example.test"

@@ -32,6 +32,7 @@ other pre-TLS framings.  They carry no SNI, so they could not be routed anyway.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 __all__ = [
@@ -96,6 +97,10 @@ class ClientHello:
     """Versions from supported_versions (RFC 8446 §4.2.1); () if absent (TLS 1.2 and older)."""
     length: int
     """Stream bytes through the end of the record that completed the ClientHello."""
+    sni_ip: str | None = None
+    """An IP address sent as host_name (RFC 6066 §3 forbids literal addresses there, but
+    clients do it when given an address to connect to): it names no domain, so `sni` is
+    None, as for a ClientHello without server_name; the address is kept for the log."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,9 +354,11 @@ def _parse_client_hello(body: bytes, length: int) -> ClientHello:
         # TLS 1.3 lower bound of 8 is not enforced: the backend judges the version.
         extensions = _parse_extensions(cur.vector(2, 0, 2**16 - 1, "extensions"))
         cur.expect_end()
+    sni, sni_ip = (_parse_server_name(extensions[_EXT_SERVER_NAME])
+                   if _EXT_SERVER_NAME in extensions else (None, None))
     return ClientHello(
-        sni=_parse_server_name(extensions[_EXT_SERVER_NAME])
-        if _EXT_SERVER_NAME in extensions else None,
+        sni=sni,
+        sni_ip=sni_ip,
         alpn=_parse_alpn(extensions[_EXT_ALPN]) if _EXT_ALPN in extensions else (),
         legacy_version=legacy_version,
         supported_versions=_parse_supported_versions(extensions[_EXT_SUPPORTED_VERSIONS])
@@ -374,8 +381,10 @@ def _parse_extensions(cur: _Cursor) -> dict[int, bytes]:
     return found
 
 
-def _parse_server_name(data: bytes) -> str:
-    """RFC 6066 §3: ServerNameList server_name_list<1..2^16-1> of (name_type, HostName)."""
+def _parse_server_name(data: bytes) -> tuple[str | None, str | None]:
+    """RFC 6066 §3: ServerNameList server_name_list<1..2^16-1> of (name_type, HostName).
+
+    Returns (DNS name, None), or (None, address) for an IP literal (see `_ip_literal`)."""
     ext = _Cursor(data, "server_name extension")
     names = ext.vector(2, 1, 2**16 - 1, "server_name_list")
     ext.expect_end()
@@ -390,7 +399,27 @@ def _parse_server_name(data: bytes) -> str:
     if len(raw_names) != 1:
         # RFC 6066 §3: no more than one name of the same name_type.
         raise _decode_error("more than one host_name in server_name")
-    return _host_name(raw_names[0])
+    ip = _ip_literal(raw_names[0])
+    if ip is not None:
+        return None, ip
+    return _host_name(raw_names[0]), None
+
+
+def _ip_literal(raw: bytes) -> str | None:
+    """An IPv4 or IPv6 address (bracketed or not) sent as host_name, in its short form.
+
+    RFC 6066 §3: "Literal IPv4 and IPv6 addresses are not permitted", yet clients send one
+    when told to connect to an address. It names no domain, so it routes as no SNI would
+    (the vserver's default farm) instead of being refused; `ClientHello.sni_ip` keeps it."""
+    if not raw or len(raw) > 64 or not raw.isascii():
+        return None
+    text = raw.decode("ascii")
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _host_name(raw: bytes) -> str:

@@ -8,6 +8,7 @@ to the peer, it sends its own first (§4.9.1.1), in the content namespace the pe
 
 from __future__ import annotations
 
+import re
 import secrets
 from xml.sax.saxutils import escape
 
@@ -26,16 +27,38 @@ CONDITIONS = frozenset({
 })
 
 
+#: The XMPP version the gateway speaks in its own headers (RFC 6120 §4.7.5).
+VERSION = "1.0"
+_VERSION_RE = re.compile(r"([0-9]+)\.([0-9]+)")
+
+
+def reply_version(client: str | None, unknown: str | None = VERSION) -> str | None:
+    """The `version` of the gateway's error header (RFC 6120 §4.7.5): the lower of the
+    client's and VERSION ('1.0'), major and minor compared as separate integers (leading
+    zeros ignored); None (no attribute) when the client's header had none, as a pre-1.0
+    peer expects. `unknown`: the answer when `client` is not a version number at all."""
+    if client is None:
+        return None
+    match = _VERSION_RE.fullmatch(client)
+    if match is None:
+        return unknown
+    theirs = (int(match[1]), int(match[2]))
+    ours = tuple(int(n) for n in VERSION.split("."))
+    return f"{theirs[0]}.{theirs[1]}" if theirs < ours else VERSION
+
+
 def _attr(value: str) -> str:
     return "'" + escape(value, {"'": "&apos;", '"': "&quot;"}) + "'"
 
 
 def stream_header(namespace: str = "jabber:client", from_: str | None = None,
-                  to: str | None = None, dialback: bool = False) -> bytes:
+                  to: str | None = None, dialback: bool = False,
+                  version: str | None = VERSION) -> bytes:
     """The gateway's own opening header, used only to carry an error (§4.9.1.1).
 
     `from_` is a domain the peer asked for and the gateway serves, else the gateway's own
-    configured name, else absent (§4.9.1.3 for host-unknown).
+    configured name, else absent (§4.9.1.3 for host-unknown). `version`: see
+    `reply_version` (§4.7.5); None leaves the attribute out.
     """
     attrs = [f"xmlns={_attr(namespace)}", f"xmlns:stream={_attr(STREAMS_NS)}"]
     if dialback:
@@ -45,7 +68,8 @@ def stream_header(namespace: str = "jabber:client", from_: str | None = None,
     if to:
         attrs.append(f"to={_attr(to)}")
     attrs.append(f"id={_attr(secrets.token_hex(8))}")
-    attrs.append("version='1.0'")
+    if version is not None:
+        attrs.append(f"version={_attr(version)}")
     return ("<?xml version='1.0'?><stream:stream " + " ".join(attrs) + ">").encode()
 
 
