@@ -126,6 +126,26 @@ def test_mode_values(value: str, message: str) -> None:
     assert "vserver[0].mode" in problem and message in problem
 
 
+def test_mode_both_and_the_direct_tls_ports() -> None:
+    """`mode = "both"`: direct TLS goes to the real's `directtls_port`, else the farm's,
+    5223 unless set; require_starttls applies to its XML streams."""
+    text = MINIMAL.replace('serverfarm = "F"\n', 'serverfarm = "F"\nmode = "both"\n'
+                           'require_starttls = true\n', 1)
+    text = text.replace('name = "F"\n', 'name = "F"\ndirecttls_port = 5270\n')
+    text += '[[serverfarm.real]]\naddress = "127.0.0.3:5322"\ndirecttls_port = 5999\n'
+    cfg = config.loads(text)
+    assert cfg.vservers[0].mode == "both" and cfg.vservers[0].require_starttls
+    farm = cfg.serverfarms[0]
+    assert [farm.directtls_endpoint(r) for r in farm.reals] == [("127.0.0.2", 5270),
+                                                                ("127.0.0.3", 5999)]
+    assert config.loads(MINIMAL).serverfarms[0].directtls_port == 5223
+    [problem] = refused(MINIMAL.replace('name = "F"\n', 'name = "F"\ndirecttls_port = 0\n'))
+    assert "serverfarm[0].directtls_port: 0 is not a port" in problem
+    [problem] = refused(MINIMAL.replace('serverfarm = "F"\n', 'serverfarm = "F"\n'
+                                        'mode = "directtls"\nrequire_starttls = true\n', 1))
+    assert "require_starttls" in problem
+
+
 def test_routes_and_kinds() -> None:
     text = MINIMAL + """
 [[serverfarm]]

@@ -179,6 +179,18 @@ def test_services_of_a_vserver(extra: str, expected: tuple[str, ...]) -> None:
     assert services_of(cfg.vservers[0]) == expected
 
 
+def test_a_both_vserver_is_published_for_starttls_and_direct_tls() -> None:
+    """`mode = "both"` serves both on one port: `_xmpp-` and `_xmpps-`, the gateway on its
+    port for each; the reals' direct-TLS records name their direct-TLS port."""
+    cfg = minimal(vserver("BOTH", "192.0.2.1:5222", 'mode = "both"\nkinds = ["c2s"]'))
+    assert services_of(cfg.vservers[0]) == ("_xmpp-client._tcp", "_xmpps-client._tcp")
+    published = build(cfg, Health.from_config(cfg), 1)
+    starttls, direct = srv(published, "_xmpp-client._tcp"), srv(published, "_xmpps-client._tcp")
+    assert any(" 5222 xmpp." in r for r in direct)  # the gateway: one port for both
+    assert {r.split()[2] for r in starttls if "real-" in r} == {"5222"}
+    assert {r.split()[2] for r in direct if "real-" in r} == {"5223"}
+
+
 def test_vservers_on_different_addresses_get_a_target_name_each() -> None:
     cfg = minimal(vserver("C2S", "192.0.2.1:5222") + vserver("S2S_main", "192.0.2.2:5269"))
     published = build(cfg, Health.from_config(cfg), 1)

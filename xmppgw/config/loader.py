@@ -344,6 +344,7 @@ def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
         reals=tuple(reals),
         probes=_probes(s) or d.probes,
         proxy_protocol=s.get("proxy_protocol", str, d.proxy_protocol, _one_of(PROXY_VERSIONS)),
+        directtls_port=s.get("directtls_port", int, d.directtls_port, _port_check),
     )
     s.done()
     _unique(s, "real", [str(r.address) for r in reals], "address")
@@ -371,6 +372,7 @@ def _real(s: _Section) -> RealConfig | None:
         max_connecting=_max_connecting(s, d.max_connecting),
         standby=s.get("standby", bool, d.standby),
         probes=_probes(s),
+        directtls_port=s.get("directtls_port", int, d.directtls_port, _port_check),
     )
     s.done()
     return real if real.address is not None else None
@@ -506,8 +508,9 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
     s.done()
     if vserver.serverfarm is None and not routes:
         s.ctx.error(s.keypath + ("serverfarm",), "is required (or give [[vserver.route]] entries)")
-    if vserver.require_starttls and vserver.mode != "starttls":
-        s.ctx.error(s.keypath + ("require_starttls",), 'only applies to mode = "starttls"')
+    if vserver.require_starttls and vserver.mode == "directtls":
+        s.ctx.error(s.keypath + ("require_starttls",),
+                    'only applies to mode = "starttls" or "both"')
     return vserver if vserver.virtual is not None else None
 
 

@@ -14,7 +14,11 @@ import ipaddress
 from dataclasses import dataclass, field
 
 KINDS = ("c2s", "s2s", "component")
-MODES = ("starttls", "directtls")
+# starttls: the stream header, then STARTTLS (RFC 6120 §5); directtls: a TLS ClientHello
+# first (XEP-0368); both: the client's first byte decides (0x16, a TLS handshake record: direct
+# TLS to the real's `directtls_port`; anything else: an XML stream, as starttls).
+MODES = ("starttls", "directtls", "both")
+DIRECTTLS_PORT = 5223  # XEP-0368's usual c2s port: where a `both` vserver sends direct TLS
 NATS = ("server",)
 RELAYS = ("splice", "copy")
 PROBE_TYPES = ("tcp", "xmpp-stream", "xmpp-ping")
@@ -173,6 +177,7 @@ class RealConfig:
     max_connecting: int | None = None  # None: the farm's
     standby: bool = False
     probes: tuple[ProbeConfig, ...] | None = None  # None: the farm's probes
+    directtls_port: int | None = None  # None: the farm's (direct TLS from a `both` vserver)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +198,15 @@ class ServerfarmConfig:
     reals: tuple[RealConfig, ...] = ()
     probes: tuple[ProbeConfig, ...] = ()  # with [srv], maybe (IMPLICIT_PROBE,): see there
     proxy_protocol: str | None = None  # "v1" | "v2": a PROXY header to reals and probes
+    # Where a `mode = "both"` vserver sends the streams that start with a ClientHello; the
+    # vserver's port (`nat server`) or the real's own port still takes the XML streams.
+    directtls_port: int = DIRECTTLS_PORT
+
+    def directtls_endpoint(self, real: RealConfig) -> tuple[str, int]:
+        """(host, port) for a direct-TLS stream from a `both` vserver: the real's own
+        `directtls_port`, else the farm's (5223 unless set)."""
+        port = real.directtls_port if real.directtls_port is not None else self.directtls_port
+        return (real.address.host, port)
 
     def probes_for(self, real: RealConfig) -> tuple[ProbeConfig, ...]:
         """A real's own `[[serverfarm.real.probe]]` list replaces the farm's (`probe = []`

@@ -100,7 +100,8 @@ def services_of(vserver: VserverConfig) -> tuple[str, ...]:
     `srv` if the operator set it; else the side (client/server) from `kinds` when it holds
     exactly one of c2s/s2s, else from the well-known port (5222/5223 client, 5269/5270
     server), else both. A vserver with neither c2s nor s2s (components only) publishes none.
-    `starttls` vservers are `_xmpp-*`, `directtls` ones `_xmpps-*` (XEP-0368)."""
+    `starttls` vservers are `_xmpp-*`, `directtls` ones `_xmpps-*` (XEP-0368), `both` ones
+    both."""
     if vserver.srv is not None:
         return vserver.srv
     kinds = [k for k in vserver.kinds if k in ("c2s", "s2s")]
@@ -114,8 +115,9 @@ def services_of(vserver: VserverConfig) -> tuple[str, ...]:
         sides = ("server",)
     else:
         sides = ("client", "server")
-    prefix = "_xmpp" if vserver.mode == "starttls" else "_xmpps"
-    return tuple(f"{prefix}-{side}._tcp" for side in sides)
+    prefixes = {"starttls": ("_xmpp",), "directtls": ("_xmpps",)}.get(vserver.mode,
+                                                                      ("_xmpp", "_xmpps"))
+    return tuple(f"{prefix}-{side}._tcp" for prefix in prefixes for side in sides)
 
 
 def stream_kind(service: str) -> str:
@@ -394,8 +396,13 @@ class _Builder:
                 host = real_host(self.srv, real, origin)
                 self.add_host(host, [real.address.host])
                 priority = self.srv.real_priority + (1 if real.standby else 0)
-                out.append(SRV(IN, RdataType.SRV, min(priority, 65535), real.weight,
-                               real.address.with_port(vserver.virtual.port)[1], host))
+                if vserver.mode == "both" and service.startswith("_xmpps-"):
+                    # a `both` vserver sends direct TLS to the real's direct-TLS port
+                    port = self.config.farm(farm_name).directtls_endpoint(real)[1]
+                else:
+                    port = real.address.with_port(vserver.virtual.port)[1]
+                out.append(SRV(IN, RdataType.SRV, min(priority, 65535), real.weight, port,
+                               host))
         return out
 
     def apex(self, origin: dns.name.Name) -> None:
