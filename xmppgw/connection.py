@@ -17,6 +17,9 @@ Phases, in order (`Phase`):
 
 - AWAIT_PROXY: the peer is a listed balancer; its PROXY header comes first.
 - SNIFFING: reading the client's stream header (starttls mode) or ClientHello (directtls).
+  The first byte is looked at before either (`_first_byte`): on a `both` vserver it decides
+  (0x16, a TLS handshake record: the ClientHello; anything else: the XML stream); on a
+  single-mode vserver a client speaking the other protocol is answered in its own language.
 - CONNECTING: routed; the connect plan looks for a real; the client's bytes are held.
 - CLEARTEXT_RELAY: a real answered; bytes flow both ways while the STARTTLS tracker watches.
 - OPAQUE: TLS (or a stream we stopped following): bytes flow untouched, maybe spliced.
@@ -50,7 +53,7 @@ from xmppgw.addresses import client_ip, unmapped
 from xmppgw.slb.plan import Abort, Action, Commit, Connect, ConnectPlan, Detach, GiveUp, Queued, Replay
 from xmppgw.wire import clienthello as tls
 from xmppgw.wire import proxyproto
-from xmppgw.wire.errors import stream_error, stream_header
+from xmppgw.wire.errors import VERSION, reply_version, stream_error, stream_header
 from xmppgw.wire.stream import Opaque, ProtocolError, StartTLSTracker, StreamHeader
 
 if TYPE_CHECKING:
@@ -73,6 +76,20 @@ LINGER_TIME = 2.0
 LINGER_BYTES = 4 << 20
 
 SHUTDOWN_TEXT = "the gateway is shutting down"
+
+# The first byte of a TLS connection: a handshake record (RFC 8446 §5.1, ContentType 22).
+TLS_HANDSHAKE = 0x16
+# First bytes of an XML stream: '<', whitespace (XML 1.0 §2.3 S) or a UTF-8 byte order mark.
+XML_FIRST = frozenset(b"< \t\r\n\xef")
+
+# Client-chosen text (the stream's `to`, SNI, ALPN names, stream error texts quoting client
+# input, PROXY reasons) is cut to this many characters in log lines and in the <text/> of
+# our stream errors, and a list (ALPN) to LOG_ITEMS_MAX names of at most LOG_ITEM_MAX
+# characters: a client must not write kilobytes into every log line (a 6 KB ClientHello
+# would put its whole ALPN list into the connection line).
+LOG_TEXT_MAX = 256
+LOG_ITEMS_MAX = 8
+LOG_ITEM_MAX = 64
 
 
 class Phase(Enum):
@@ -277,6 +294,7 @@ class ClientConnection:
         "lingered", "local", "negotiation_at", "notes", "owner", "paused", "peer", "phase",
         "plan", "proxy_header", "proxy_reader", "real", "real_fin", "real_open", "sni",
         "spliced", "started", "starttls", "starttls_mode", "timer_at", "tracker", "vserver",
+        "sniffed", "wrong_mode", "from_gateway", "balancer_local",
     )
 
     def __init__(self, engine: Engine, vserver: Vserver, owner: object = None,
@@ -288,7 +306,13 @@ class ClientConnection:
         self.owner = owner
         self.notes = notes
         cfg = vserver.config
-        self.starttls_mode = cfg.mode == "starttls"
+        # A `both` vserver reads an XML stream until a first byte 0x16 says TLS; until then
+        # (and for admission, timeouts and shutdown) it answers in XML.
+        self.starttls_mode = cfg.mode != "directtls"
+        self.sniffed = False  # the client's first byte has been looked at
+        self.wrong_mode = False  # an XML stream on a directtls vserver: refused at its header
+        self.from_gateway = 0  # bytes of the gateway's own answers, within bytes_to_client
+        self.balancer_local = False  # a listed balancer's PROXY LOCAL: its own connection
         self.tracker: StartTLSTracker | None = None
         self.hello: tls.ClientHelloReader | None = None
         if self.starttls_mode:
@@ -375,6 +399,10 @@ class ClientConnection:
         self.bytes_from_client += len(data)
         phase = self.phase
         if phase is SNIFFING:
+            if not self.sniffed:
+                self.sniffed = True
+                if not self._first_byte(data[0], out, now):
+                    return
             self.buffer.append(data)  # type: ignore[union-attr]
             if self.tracker is not None:
                 self._starttls_events(self.tracker.client_data(data), out, now)
@@ -406,12 +434,14 @@ class ClientConnection:
         self.client_fin = True
         phase = self.phase
         if phase is AWAIT_PROXY:
-            self.error = "bad-proxy-header"
+            if not self._health_check(out):
+                self.error = "bad-proxy-header"
             self.proxy_reader = None
             self._close(out, now)
         elif phase in _RELAYING:
             self._half_close(REAL, out, now)
         elif phase is not CONNECTING:
+            self._health_check(out)
             self._close(out, now)
         return self._timed(out)
 
@@ -423,6 +453,7 @@ class ClientConnection:
         if self.phase is LINGERING:
             self.phase = CLOSED
         else:
+            self._health_check(out)
             self._close(out, now)
         self._finish_if_done(out, now)
         return self._timed(out)
@@ -496,6 +527,26 @@ class ClientConnection:
         """The adapter handed both sockets to a zero-copy relay (see `splice_ended`)."""
         self.spliced = True
 
+    def _health_check(self, out: list[Command]) -> bool:
+        """The connection ends: was it a listed balancer's TCP health check? One from an
+        `accept_proxy` network that sent no byte at all (connect, close), or a PROXY LOCAL
+        header and nothing after it (the v2 spec's form of a check). Such a one is counted
+        (`health_check`) and its connection line is a debug one, not a `bad-proxy-header`
+        every few seconds per balancer. True if it was one."""
+        if self.error is not None:
+            return False
+        if self.phase is AWAIT_PROXY:
+            silent = self.proxy_reader is not None and self.proxy_reader.buffered == 0
+        else:
+            silent = (self.phase is SNIFFING and self.balancer_local
+                      and self.bytes_from_client == 0)
+        if not silent:
+            return False
+        self.error = "health-check"
+        if self.notes:
+            out.append(Note("health_check", (self.vserver.name,)))
+        return True
+
     def splice_ended(self, up: int, down: int, now: float) -> list[Command]:
         """The zero-copy relay ended having moved `up` bytes client→real, `down` back."""
         out: list[Command] = []
@@ -566,7 +617,7 @@ class ClientConnection:
                 told = True
         elif phase is CLEARTEXT_RELAY and self.tracker is not None \
                 and self.tracker.server_between_elements():
-            out.append(SendClient(stream_error("system-shutdown", SHUTDOWN_TEXT)))
+            self._answer(stream_error("system-shutdown", SHUTDOWN_TEXT), out)
             self.error = "system-shutdown"
             self._close(out, now)
             told = True
@@ -635,18 +686,69 @@ class ClientConnection:
         if isinstance(event, proxyproto.ProxyError):
             self.error = "bad-proxy-header"
             out.append(Log("info", "proxy_refused", {
-                "client": self.client, "vserver": self.vserver.name, "reason": event.reason}))
+                "client": self.client, "vserver": self.vserver.name,
+                "reason": clip(event.reason)}))
             self._close(out, now)
             return
         self.phase = SNIFFING
         if event.src is not None:  # LOCAL / UNKNOWN: the balancer's own connection
             self.peer, self.client = event.src, format_peer(event.src)
             self.local = event.dst or self.local
+        else:
+            self.balancer_local = True
         self._admit(out, now)
         if event.rest and self.phase is not CLOSED and self.phase is not LINGERING:
             self._client_bytes(event.rest, out, now)
 
     # --- sniffing and routing ------------------------------------------------------------
+
+    def _first_byte(self, byte: int, out: list[Command], now: float) -> bool:
+        """The client's first byte: which protocol it speaks. False if that ended it.
+
+        `both`: 0x16 (a TLS handshake record, RFC 8446 §5.1) is direct TLS (XEP-0368), read
+        as a ClientHello; anything else is read as an XML stream (STARTTLS). On a single-mode
+        vserver a client speaking the other protocol is answered in its own language: a
+        ClientHello on a starttls vserver gets a fatal `unexpected_message` alert (RFC 8446
+        §6.2: a message not appropriate here; not `protocol_version`, which would invite a
+        TLS version fallback on the same port), and an XML stream on a directtls vserver is
+        read up to its header and gets `<policy-violation/>` naming the STARTTLS port (see
+        `_route_stream`), instead of an alert a plain XMPP client cannot read."""
+        cfg = self.vserver.config
+        tls_first = byte == TLS_HANDSHAKE
+        if cfg.mode == "both":
+            if tls_first:
+                self.starttls_mode = False
+                self.tracker = None
+                self.hello = tls.ClientHelloReader(cfg.max_hello_bytes)
+            return True
+        if cfg.mode == "starttls":
+            if tls_first:
+                self.starttls_mode = False
+                self._fail_tls(tls.UNEXPECTED_MESSAGE,
+                               "a TLS ClientHello on a STARTTLS port" + self._elsewhere(True),
+                               out, now)
+                return False
+            return True
+        if byte in XML_FIRST:  # directtls: a plain XMPP client
+            self.wrong_mode = True
+            self.starttls_mode = True
+            self.hello = None
+            self.tracker = StartTLSTracker(cfg.max_header_bytes)
+        return True
+
+    def _elsewhere(self, direct_tls: bool) -> str:
+        """Where this gateway serves the other protocol: `; <what> is on port N` for an
+        in-service vserver of that mode (or `both`) serving one of this vserver's kinds,
+        one on the same address first; empty if there is none."""
+        cfg = self.vserver.config
+        modes = ("directtls", "both") if direct_tls else ("starttls", "both")
+        found = [v for v in self.engine.config.vservers
+                 if v.mode in modes and v.inservice and set(v.kinds) & set(cfg.kinds)]
+        if not found:
+            return ""
+        found.sort(key=lambda v: v.virtual.host != cfg.virtual.host)
+        what = "direct TLS (XEP-0368)" if direct_tls else "STARTTLS"
+        return f"; {what} is on port {found[0].virtual.port}"
 
     def _starttls_events(self, events: list[Any], out: list[Command], now: float) -> None:
         for event in events:
@@ -666,6 +768,11 @@ class ClientConnection:
         self.kind = header.kind
         self.domain = header.to.lower() if header.to else None
         cfg = self.vserver.config
+        if self.wrong_mode:
+            self._fail("policy-violation",
+                       "this port speaks direct TLS only: TLS first, then the stream"
+                       + self._elsewhere(False), out, now)
+            return
         if header.kind not in cfg.kinds:
             self._fail("invalid-namespace", f"{header.namespace} streams are not served here",
                        out, now)
@@ -696,7 +803,10 @@ class ClientConnection:
     def _route_hello(self, hello: tls.ClientHello, out: list[Command], now: float) -> None:
         """XEP-0368: SNI names the domain, ALPN (optional, so never required) the kind."""
         self.header_at = None
-        self.sni = self.domain = hello.sni
+        # An IP literal as SNI (RFC 6066 §3 forbids it; clients send it) names no domain:
+        # routed as no SNI, logged as sent.
+        self.domain = hello.sni
+        self.sni = hello.sni if hello.sni is not None else hello.sni_ip
         self.alpn = hello.alpn
         self.kind = next((ALPN_KINDS[p] for p in hello.alpn if p in ALPN_KINDS), None)
         cfg = self.vserver.config
@@ -746,7 +856,7 @@ class ClientConnection:
         ones that made it win)."""
         for action in actions:
             if isinstance(action, Connect):
-                host, port = action.real.endpoint(self.vserver.config.virtual.port)
+                host, port = self._endpoint(action.real)
                 out.append(Dial(action.attempt_id, action.real, host, port))
             elif isinstance(action, Replay):
                 if self.buffer is not None:
@@ -774,6 +884,15 @@ class ClientConnection:
         if self.real is not None:
             self.plan = None  # committed: the real owns the connection; free the attempts
 
+    def _endpoint(self, real: Real) -> tuple[str, int]:
+        """Where to reach `real`: direct TLS from a `both` vserver goes to its direct-TLS
+        port (`directtls_port`, the real's, else the farm's, 5223 by default); every other
+        stream to the real's own port, else the vserver's (IOS `nat server`)."""
+        cfg = self.vserver.config
+        if cfg.mode == "both" and not self.starttls_mode and self.farm is not None:
+            return self.farm.config.directtls_endpoint(real.config)
+        return real.endpoint(cfg.virtual.port)
+
     def _commit(self, attempt: int, real: Real, early: bytes, out: list[Command],
                 now: float) -> None:
         """The real answered: it owns the connection; relay what it sent, wake the client."""
@@ -789,7 +908,8 @@ class ClientConnection:
         if self.engine.config.gateway.log_connect:  # HAProxy's `option logasap`
             out.append(Log("info", "connected", {
                 "client": self.client, "vserver": self.vserver.name, "kind": self.kind,
-                "to": self.domain, "sni": self.sni, "farm": farm.name,  # type: ignore[union-attr]
+                "to": clip(self.domain), "sni": clip(self.sni),
+                "farm": farm.name,  # type: ignore[union-attr]
                 "real": real.name}))
         out.append(Relay(attempt))
         if self.tracker is None:  # TLS from the first byte, or opaque while connecting
@@ -902,6 +1022,7 @@ class ClientConnection:
         if self.phase in _ENDED:
             return
         self.error = condition
+        text = clip(text)  # type: ignore[assignment]  # it may quote the client
         if not self.client_gone:
             head = b""
             if self.bytes_to_client == 0:
@@ -911,8 +1032,11 @@ class ClientConnection:
                     from_=self._error_from(),
                     to=header.from_ if header else None,
                     dialback=bool(header and header.dialback),
+                    # §4.7.5: the lower of the client's version and ours; none if it sent
+                    # none; ours if its header never parsed.
+                    version=reply_version(header.version) if header else VERSION,
                 )
-            out.append(SendClient(head + stream_error(condition, text)))
+            self._answer(head + stream_error(condition, text), out)
         out.append(Log("info", "stream_error", {"client": self.client,
                                                 "vserver": self.vserver.name,
                                                 "condition": condition, "text": text}))
@@ -924,11 +1048,19 @@ class ClientConnection:
             return
         self.error = f"tls-alert-{alert}"
         if not self.client_gone:
-            out.append(SendClient(tls.alert_record(alert)))
+            self._answer(tls.alert_record(alert), out)
         out.append(Log("info", "tls_alert", {"client": self.client,
                                              "vserver": self.vserver.name, "alert": alert,
-                                             "reason": reason}))
+                                             "reason": clip(reason)}))
         self._close(out, now, linger=True)
+
+    def _answer(self, data: bytes, out: list[Command]) -> None:
+        """Send the gateway's own answer (a stream error, an alert): counted in
+        bytes_to_client like a real's bytes, and apart (`from_gateway`) for the per-real
+        metrics, which count only what came from the real."""
+        self.bytes_to_client += len(data)
+        self.from_gateway += len(data)
+        out.append(SendClient(data))
 
     def _error_from(self) -> str | None:
         """§4.9.1.3: the domain asked for if served, else the gateway's own name, else none."""
@@ -977,15 +1109,37 @@ class ClientConnection:
         real = self.real.name if self.real is not None else None
         if self.notes:
             out.append(Note("closed", (self.vserver.name, self.error, self.bytes_from_client,
-                                       self.bytes_to_client, farm, real)))
-        out.append(Log("info", "connection", {
-            "client": self.client, "vserver": self.vserver.name, "kind": self.kind,
-            "to": self.domain, "sni": self.sni, "alpn": list(self.alpn) or None,
+                                       self.bytes_to_client, farm, real, self.from_gateway)))
+        # A balancer's health check every few seconds is not worth an info line.
+        level = "debug" if self.error == "health-check" else "info"
+        out.append(Log(level, "connection", {
+            "client": self.client, "vserver": self.vserver.name,
+            "mode": "starttls" if self.starttls_mode else "directtls", "kind": self.kind,
+            "to": clip(self.domain), "sni": clip(self.sni), "alpn": clip_items(self.alpn),
             "starttls": self.starttls, "spliced": self.spliced, "farm": farm, "real": real,
+            "real_port": self._endpoint(self.real)[1] if self.real is not None else None,
             "bytes_from_client": self.bytes_from_client,
             "bytes_to_client": self.bytes_to_client,
             "duration": round(now - self.started, 3), "error": self.error}))
         out.append(DONE)
+
+
+def clip(text: str | None, limit: int = LOG_TEXT_MAX) -> str | None:
+    """Client-chosen `text` cut to `limit` characters, saying how much was cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text) - limit} more)"
+
+
+def clip_items(items: tuple[str, ...]) -> list[str] | None:
+    """A client-chosen list (ALPN names) for a log line: at most LOG_ITEMS_MAX names of at
+    most LOG_ITEM_MAX characters, then one `...(N more)` entry; None when empty."""
+    if not items:
+        return None
+    out = [clip(i, LOG_ITEM_MAX) for i in items[:LOG_ITEMS_MAX]]
+    if len(items) > LOG_ITEMS_MAX:
+        out.append(f"...({len(items) - LOG_ITEMS_MAX} more)")
+    return out  # type: ignore[return-value]
 
 
 def listed(ip: str, networks: tuple[Any, ...]) -> bool:

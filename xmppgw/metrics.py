@@ -59,7 +59,8 @@ class Metrics:
         self.connections = Counter(
             "xmppgw_connections", "Client connections ended, by error (none: a normal end; "
             "else the stream error condition, TLS alert, limit or drain)", ["vserver", "error"])
-        self.bytes = Counter("xmppgw_bytes", "Bytes relayed, counted when a connection ends",
+        self.bytes = Counter("xmppgw_bytes", "Bytes from and to clients (the gateway's own "
+                             "answers included), counted when a connection ends",
                              ["vserver", "direction"])
         self.refused = Counter("xmppgw_limit_refused", "Connections refused by a limit",
                                ["vserver", "limit"])
@@ -72,6 +73,10 @@ class Metrics:
         self.queued_conns = Counter("xmppgw_queued_connections", "Client connections that "
                                     "waited in a serverfarm's queue (every real at "
                                     "max_connecting)", ["serverfarm"])
+        self.health_checks = Counter(
+            "xmppgw_health_checks", "Connections from an accept_proxy balancer that ended "
+            "without a byte (or with a PROXY LOCAL header alone): its TCP health checks",
+            ["vserver"])
         self.ttfb = Histogram("xmppgw_time_to_first_server_byte_seconds",
                               "From the first connect attempt to the real's first byte",
                               ["vserver", "serverfarm"], buckets=TTFB_BUCKETS)
@@ -80,18 +85,25 @@ class Metrics:
         self.active.labels(vserver).inc()
 
     def closed(self, vserver: str, error: str | None, from_client: int, to_client: int,
-               farm: str | None = None, real: str | None = None) -> None:
+               farm: str | None = None, real: str | None = None,
+               from_gateway: int = 0) -> None:
+        """A connection ended. `to_client` counts every byte the client was sent,
+        `from_gateway` of them the gateway's own answers (a stream error, an alert), which
+        the per-real figures leave out."""
         self.active.labels(vserver).dec()
         self.connections.labels(vserver, error or "none").inc()
         self.bytes.labels(vserver, "from_client").inc(from_client)
         self.bytes.labels(vserver, "to_client").inc(to_client)
         if farm is not None and real is not None:
             self.real_bytes.labels(farm, real, "to_real").inc(from_client)
-            self.real_bytes.labels(farm, real, "from_real").inc(to_client)
+            self.real_bytes.labels(farm, real, "from_real").inc(to_client - from_gateway)
 
     def committed(self, vserver: str, farm: str, real: str, seconds: float) -> None:
         self.real_connections.labels(farm, real).inc()
         self.ttfb.labels(vserver, farm).observe(seconds)
+
+    def health_check(self, vserver: str) -> None:
+        self.health_checks.labels(vserver).inc()
 
     def limit_refused(self, vserver: str, limit: str) -> None:
         self.refused.labels(vserver, limit).inc()

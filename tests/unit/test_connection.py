@@ -218,8 +218,9 @@ def test_starttls_transcript() -> None:
     log = out[-2]
     assert isinstance(log, Log) and log.event == "connection"
     assert log.fields == {
-        "client": CLIENT, "vserver": "vs", "kind": "c2s", "to": "example.com", "sni": None,
-        "alpn": None, "starttls": True, "spliced": False, "farm": "F", "real": "10.0.0.1",
+        "client": CLIENT, "vserver": "vs", "mode": "starttls", "kind": "c2s",
+        "to": "example.com", "sni": None, "alpn": None, "starttls": True, "spliced": False,
+        "farm": "F", "real": "10.0.0.1", "real_port": 5222,
         "bytes_from_client": len(HEADER) + len(STARTTLS) + 6,
         "bytes_to_client": len(SERVER_HEADER + FEATURES + PROCEED) + 6,
         "duration": 1.3, "error": None}
@@ -257,7 +258,7 @@ def test_metrics_notes_and_log_connect() -> None:
     conn.close(1.0)
     conn.real_lost(1.0)
     assert finish(conn, 1.0)[0] == Note("closed", ("vs", None, len(HEADER),
-                                                    len(SERVER_HEADER), "F", "10.0.0.1"))
+                                                    len(SERVER_HEADER), "F", "10.0.0.1", 0))
 
 
 # --- stream errors (RFC 6120 §4.9) --------------------------------------------------------
@@ -693,11 +694,40 @@ def test_a_bad_proxy_header_is_refused() -> None:
     assert conn.error == "bad-proxy-header"
 
 
-def test_eof_before_the_proxy_header() -> None:
+def test_eof_inside_the_proxy_header() -> None:
     world = World(accept_proxy=(ipaddress.ip_network("198.51.100.0/24"),))
     conn, _ = world.connection()
+    conn.client_data(b"PROXY TCP4 ", 0.05)
     assert conn.client_eof(0.1) == [CLOSE, SetTimer(None)]
     assert conn.error == "bad-proxy-header"
+    assert finish(conn, 0.2)[-2].level == "info"  # type: ignore[attr-defined]
+
+
+# A listed balancer's TCP health check (issue 13, item 8): connect and close, no byte; or a
+# PROXY v2 LOCAL header alone (HAProxy's `check send-proxy-v2`). Counted, logged at debug.
+@pytest.mark.parametrize("ending", ["eof", "reset", "local-eof", "local-reset"])
+def test_a_balancer_health_check_is_counted_and_logged_at_debug(ending: str) -> None:
+    world = World(accept_proxy=(ipaddress.ip_network("198.51.100.0/24"),), notes=True)
+    conn, _ = world.connection()
+    if ending.startswith("local"):
+        assert conn.client_data(proxyproto.encode_v2(None, None, local=True), 0.05) == []
+    out = conn.client_eof(0.1) if ending.endswith("eof") else []
+    out += conn.client_lost(0.2)
+    assert DONE in out
+    assert conn.error == "health-check"
+    assert only(out, Note)[0] == Note("health_check", ("vs",))
+    line = only(out, Log)[-1]
+    assert line.event == "connection" and line.level == "debug"
+    assert line.fields["error"] == "health-check"
+
+
+def test_a_client_behind_the_balancer_that_leaves_is_no_health_check() -> None:
+    world = World(accept_proxy=(ipaddress.ip_network("198.51.100.0/24"),), notes=True)
+    conn, _ = world.connection()
+    conn.client_data(proxyproto.encode_v1(("203.0.113.9", 5555), ("192.0.2.1", 5222)), 0.05)
+    out = conn.client_eof(0.1) + finish(conn, 0.2)
+    assert conn.error is None and not [n for n in only(out, Note) if n.metric == "health_check"]
+    assert only(out, Log)[-1].level == "info"
 
 
 def test_a_proxy_header_from_anyone_else_is_the_client_s_first_bytes() -> None:
@@ -775,3 +805,218 @@ def test_states_for_show_conns() -> None:
     assert conn.state == "RELAYING"
     conn.close(0.4)
     assert conn.state == "CLOSED"
+
+
+# --- the gateway's own answers are counted (issue 13, item 6) ---------------------------------
+
+
+def test_the_bytes_of_a_stream_error_are_counted() -> None:
+    world = World(notes=True)
+    conn, _ = world.connection()
+    header = HEADER.replace(b"to='example.com'", b"to='other.org'")
+    out = conn.client_data(header, 0.1)
+    sent = sum(len(c.data) for c in only(out, SendClient))
+    assert sent > 0
+    out = conn.client_lost(0.2)
+    assert only(out, Log)[-1].fields["bytes_to_client"] == sent
+    assert only(out, Note)[-1] == Note("closed", ("vs", "host-unknown", len(header), sent,
+                                                  None, None, sent))
+
+
+def test_the_bytes_of_a_tls_alert_are_counted() -> None:
+    world = World("directtls")
+    conn, _ = world.connection()
+    conn.client_data(hello_record("other.org"), 0.1)
+    assert only(conn.client_lost(0.2), Log)[-1].fields["bytes_to_client"] == 7
+
+
+def test_an_error_after_the_commit_counts_apart_from_the_real_s_bytes() -> None:
+    world = World(require_starttls=True, notes=True)
+    conn = relaying(world)
+    out = conn.client_data(b"<message/>", 0.4)
+    error = only(out, SendClient)[0].data
+    conn.real_lost(0.5)
+    closed = only(conn.client_lost(0.6), Note)[-1]
+    assert closed.args[3] == len(SERVER_HEADER) + len(error) and closed.args[6] == len(error)
+
+
+# --- the error header's version (issue 13, item 3; RFC 6120 §4.7.5) ----------------------------
+
+
+@pytest.mark.parametrize("theirs, ours", [
+    (b" version='1.0'", b" version='1.0'"),
+    (b" version='0.9'", b" version='0.9'"),
+    (b" version='2.0'", b" version='1.0'"),
+    (b" version='1.10'", b" version='1.0'"),
+    (b"", b""),  # no version: none in ours either
+])
+def test_the_error_header_answers_with_the_lower_version(theirs: bytes, ours: bytes) -> None:
+    world = World()
+    conn, _ = world.connection()
+    header = HEADER.replace(b"to='example.com'", b"to='other.org'").replace(
+        b" version='1.0'>", theirs + b">")
+    sent = norm(conn.client_data(header, 0.1))[0].data  # type: ignore[attr-defined]
+    head = sent.split(b"<stream:error>")[0]
+    assert head.endswith(b" id='ID'" + ours + b">")
+
+
+def test_the_error_header_says_1_0_when_the_client_header_never_parsed() -> None:
+    world = World()
+    conn, _ = world.connection()
+    sent = conn.client_data(b"<stream:stream xmlns='jabber:client'>", 0.1)[0].data  # type: ignore[attr-defined]
+    assert b"version='1.0'" in sent and conn.error == "bad-namespace-prefix"
+
+
+# --- an IP literal as SNI (issue 13, item 4) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("literal, logged", [
+    ("192.0.2.1", "192.0.2.1"), ("2001:db8::1", "2001:db8::1"), ("[2001:db8::1]", "2001:db8::1")])
+def test_an_ip_literal_as_sni_routes_as_no_sni(literal: str, logged: str) -> None:
+    world = World("directtls")  # gateway.domains = example.com only
+    conn, _ = world.connection()
+    out = conn.client_data(hello_record(literal, (b"xmpp-client",)), 0.1)
+    assert out == [dial(world, 1, 0), changed(world), SetTimer(1.1)]  # the default farm
+    assert conn.domain is None and conn.sni == logged
+    conn.close(0.2)
+    assert only(finish(conn, 0.3), Log)[-1].fields["sni"] == logged
+
+
+# --- client-chosen text in logs is bounded (issue 13, item 7) -----------------------------------
+
+
+def test_a_long_to_is_cut_in_the_log_and_the_error_text() -> None:
+    world = World(max_header_bytes=8192)
+    conn, _ = world.connection()
+    to = "a" * 3000 + ".org"
+    out = conn.client_data(HEADER.replace(b"to='example.com'", f"to='{to}'".encode()), 0.1)
+    [log] = [c for c in only(out, Log) if c.event == "stream_error"]
+    assert len(log.fields["text"]) < 300 and log.fields["text"].endswith("more)")
+    assert len(only(out, SendClient)[0].data) < 1000  # the <text/> quotes the cut text
+    assert len(only(conn.client_lost(0.2), Log)[-1].fields["to"]) < 300
+
+
+def test_a_long_alpn_list_is_cut_in_the_connection_line() -> None:
+    world = World("directtls")
+    conn, _ = world.connection()
+    alpn = tuple(b"p%03d" % i + b"x" * 200 for i in range(20)) + (b"xmpp-client",)
+    conn.client_data(hello_record("example.com", alpn), 0.1)
+    conn.close(0.2)
+    logged = only(finish(conn, 0.3), Log)[-1].fields["alpn"]
+    assert len(logged) == 9 and logged[-1] == "...(13 more)"
+    assert all(len(name) < 80 for name in logged)
+    assert conn.kind == "c2s"  # routing still saw the whole list
+
+
+def test_a_proxy_refusal_reason_is_cut() -> None:
+    world = World(accept_proxy=(ipaddress.ip_network("198.51.100.0/24"),))
+    conn, _ = world.connection()
+    out = conn.client_data(b"PROXY TCP4 " + b"9" * 90 + b"\r\n", 0.1)
+    assert len(only(out, Log)[0].fields["reason"]) <= 256 + 20
+
+
+# --- the wrong protocol, and mode = "both" (issue 13, item 2) -----------------------------------
+
+
+BARE_HEADER = HEADER.removeprefix(b"<?xml version='1.0'?>")  # may follow whitespace
+
+
+def with_vservers(world: World, *extra: VserverConfig) -> World:
+    world.config = replace(world.config, vservers=(world.vs, *extra))
+    world.engine.config = world.config
+    return world
+
+
+DIRECT_5223 = VserverConfig("tls", Address("192.0.2.1", 5223), "directtls", serverfarm="F")
+STARTTLS_5222 = VserverConfig("plain", Address("192.0.2.1", 5222), "starttls", serverfarm="F")
+
+
+def test_a_clienthello_on_a_starttls_vserver_gets_a_tls_alert() -> None:
+    world = with_vservers(World(), DIRECT_5223)
+    conn, _ = world.connection()
+    out = conn.client_data(hello_record("example.com", (b"xmpp-client",)), 0.1)
+    assert out == alert_out(tls.UNEXPECTED_MESSAGE, "a TLS ClientHello on a STARTTLS port; "
+                            "direct TLS (XEP-0368) is on port 5223", 0.1)
+    assert conn.error == "tls-alert-10" and not only(out, Dial)
+
+
+def test_xml_on_a_directtls_vserver_gets_a_stream_error_naming_the_starttls_port() -> None:
+    world = with_vservers(World("directtls"), STARTTLS_5222)
+    conn, _ = world.connection()
+    out = conn.client_data(HEADER, 0.1)
+    text = "this port speaks direct TLS only: TLS first, then the stream; STARTTLS is on port 5222"
+    expect_error(out, "policy-violation", text)  # in the client's namespace, to its from
+    assert conn.error == "policy-violation" and not only(out, Dial)
+
+
+def test_xml_on_a_directtls_vserver_without_a_starttls_one() -> None:
+    world = World("directtls")
+    conn, _ = world.connection()
+    out = conn.client_data(b" " + BARE_HEADER.replace(b"jabber:client", b"jabber:server"), 0.1)
+    assert b"xmlns='jabber:server'" in out[0].data  # type: ignore[attr-defined]
+    assert out[1].fields["text"] == "this port speaks direct TLS only: TLS first, then the stream"  # type: ignore[attr-defined]
+
+
+def test_other_bytes_on_a_directtls_vserver_still_get_an_alert() -> None:
+    world = World("directtls")
+    conn, _ = world.connection()
+    assert conn.client_data(b"GET / HTTP/1.1\r\n", 0.1)[0] == SendClient(
+        tls.alert_record(tls.DECODE_ERROR))
+
+
+def test_both_sends_a_clienthello_to_the_direct_tls_port() -> None:
+    world = World("both")
+    conn, _ = world.connection()
+    out = conn.client_data(hello_record("example.com", (b"xmpp-client",)), 0.1)
+    assert out == [Dial(1, world.real(0), "10.0.0.1", 5223), changed(world), SetTimer(1.1)]
+    conn.attempt_connected(1, 0.2)
+    assert conn.attempt_data(1, b"\x16\x03\x03", 0.3)[:2] == [Relay(1), GoOpaque(True)]
+    conn.close(0.4)
+    conn.real_lost(0.4)
+    line = only(finish(conn, 0.5), Log)[-1].fields
+    assert (line["mode"], line["real_port"], line["sni"]) == ("directtls", 5223, "example.com")
+
+
+@pytest.mark.parametrize("first", [b"", b" ", b"\r\n", b"\xef\xbb\xbf"])
+def test_both_sends_an_xml_stream_to_the_starttls_port(first: bytes) -> None:
+    world = World("both")
+    conn, _ = world.connection()
+    out = conn.client_data(first + BARE_HEADER, 0.1)
+    assert out == [dial(world, 1, 0), changed(world), SetTimer(1.1)]  # 10.0.0.1:5222
+    conn.attempt_connected(1, 0.2)
+    conn.attempt_data(1, SERVER_HEADER, 0.3)
+    assert conn.phase is Phase.CLEARTEXT_RELAY
+    conn.close(0.4)
+    conn.real_lost(0.4)
+    line = only(finish(conn, 0.5), Log)[-1].fields
+    assert (line["mode"], line["real_port"]) == ("starttls", 5222)
+
+
+def test_both_takes_the_direct_tls_port_of_the_farm_or_the_real() -> None:
+    reals = (RealConfig(Address("10.0.0.1", 5322), directtls_port=5999),
+             RealConfig(Address("10.0.0.2", None)))
+    world = World("both", farm=ServerfarmConfig("F", reals=reals, directtls_port=5270,
+                                                hedge_delay=0, slowstart=0))
+    first, _ = world.connection()
+    assert first.client_data(hello_record(), 0.1)[0] == Dial(1, world.real(0), "10.0.0.1", 5999)
+    second, _ = world.connection()
+    assert second.client_data(hello_record(), 0.1)[0] == Dial(1, world.real(1), "10.0.0.2", 5270)
+    third, _ = world.connection()
+    assert third.client_data(HEADER, 0.1)[0] == Dial(1, world.real(0), "10.0.0.1", 5322)
+
+
+def test_both_answers_in_xml_before_the_first_byte_and_in_tls_after_a_hello() -> None:
+    world = World("both")
+    conn, _ = world.connection()
+    assert only(conn.timer(10.0), Log)[0].fields["condition"] == "connection-timeout"
+    world2 = World("both")
+    conn2, _ = world2.connection()
+    conn2.client_data(hello_record("other.org"), 0.1)
+    assert conn2.error == f"tls-alert-{tls.UNRECOGNIZED_NAME}"
+
+
+def test_both_keeps_require_starttls_on_the_xml_path() -> None:
+    world = World("both", require_starttls=True)
+    conn = relaying(world)
+    conn.client_data(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", 0.4)
+    assert conn.error == "policy-violation"
