@@ -256,16 +256,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from xmppgw.control import show
+    from xmppgw.control.snapshot import GatewaySnapshot
 
     reply = _control(args.config, {"command": "show", "conns": args.what == "conns"})
     if reply is None:
         return 1
-    data = reply["data"]
+    data = GatewaySnapshot.from_json(reply["data"])
     if args.json:
         if args.what == "reals":  # the snapshot holds reals per farm; show them as a list
-            data["reals"] = [{"serverfarm": farm["name"], **real}
-                             for farm in data["serverfarms"] for real in farm["reals"]]
-        print(json.dumps(data[args.what], indent=2))
+            out = [{"serverfarm": farm.name, **real.to_json()} for farm, real in data.reals()]
+        else:
+            out = data.to_json().get(args.what, [])
+        print(json.dumps(out, indent=2))
     elif args.what == "serverfarms":
         print(show.serverfarms_detail(data) if args.detail else show.serverfarms(data), end="")
     elif args.what == "reals":

@@ -1,5 +1,6 @@
-"""`show` output in IOS's layout, from a snapshot (plain data): pure, so the seed's lines are
-tested word for word without a running gateway.
+"""`show` output in IOS's layout, from a snapshot (`control/snapshot.py`): pure, so the seed's
+lines are tested word for word without a running gateway. Each function takes the typed
+`GatewaySnapshot` or its JSON shape (what the control socket carries).
 
 The seed's `show ip slb serverfarms detail`:
 
@@ -15,47 +16,49 @@ from __future__ import annotations
 
 from typing import Any
 
-Snapshot = dict[str, Any]
+from xmppgw.control.snapshot import FarmSnapshot, GatewaySnapshot, ProbeSnapshot, typed
+
+Snapshot = GatewaySnapshot | dict[str, Any]
 
 
 def serverfarms_detail(snapshot: Snapshot) -> str:
     blocks = []
-    for farm in snapshot["serverfarms"]:
-        head = (f"{farm['name']} predictor = {farm['predictor'].upper()}, "
-                f"nat = {farm['nat'].upper()}, interface(s) = <none>")
-        counts = (f"virtuals inservice: {farm['virtuals_inservice']}, "
-                  f"reals = {len(farm['reals'])}, bind id = 0")
+    for farm in typed(snapshot).serverfarms:
+        head = (f"{farm.name} predictor = {farm.predictor.upper()}, "
+                f"nat = {farm.nat.upper()}, interface(s) = <none>")
+        counts = (f"virtuals inservice: {farm.virtuals_inservice}, "
+                  f"reals = {len(farm.reals)}, bind id = 0")
         lines = [head, counts, *_overload_lines(farm), "Real servers:"]
-        lines += [f"{r['address']}, weight = {r['weight']}, {r['state']}, conns = {r['conns']}"
-                  for r in farm["reals"]]
-        lines.append(f"Total connections = {sum(r['conns'] for r in farm['reals'])}")
+        lines += [f"{r.address}, weight = {r.weight}, {r.state}, conns = {r.conns}"
+                  for r in farm.reals]
+        lines.append(f"Total connections = {farm.conns}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
-def _overload_lines(farm: dict[str, Any]) -> list[str]:
+def _overload_lines(farm: FarmSnapshot) -> list[str]:
     """Only when there is something to say, so a quiet farm reads exactly as IOS's."""
     lines = []
-    if farm.get("panic"):
+    if farm.panic:
         lines.append(panic_line(farm))
-    if farm.get("queue"):
-        lines.append(f"queue = {farm['queue']} waiting for a real with room"
-                     f" (queued since start {farm['queued_total']},"
-                     f" timed out {farm['queue_timeouts']})")
+    if farm.queue:
+        lines.append(f"queue = {farm.queue} waiting for a real with room"
+                     f" (queued since start {farm.queued_total},"
+                     f" timed out {farm.queue_timeouts})")
     return lines
 
 
-def panic_line(farm: dict[str, Any]) -> str:
-    return (f"PANIC: {farm['available']} of {farm['inservice']} reals in service available,"
-            f" under panic_threshold {farm['panic_threshold']}%: balancing over all in service")
+def panic_line(farm: FarmSnapshot) -> str:
+    return (f"PANIC: {farm.available} of {farm.inservice} reals in service available,"
+            f" under panic_threshold {farm.panic_threshold}%: balancing over all in service")
 
 
 def serverfarms(snapshot: Snapshot) -> str:
+    farms = typed(snapshot).serverfarms
     rows = [("server farm", "predictor", "nat", "reals", "bind id")]
-    rows += [(f["name"], f["predictor"].upper(), f["nat"][0].upper(), str(len(f["reals"])), "0")
-             for f in snapshot["serverfarms"]]
-    notes = [f"{f['name']}: {line}" for f in snapshot["serverfarms"]
-             for line in _overload_lines(f)]
+    rows += [(f.name, f.predictor.upper(), f.nat[0].upper(), str(len(f.reals)), "0")
+             for f in farms]
+    notes = [f"{f.name}: {line}" for f in farms for line in _overload_lines(f)]
     return _table(rows) + "".join(f"{line}\n" for line in notes)
 
 
@@ -65,8 +68,8 @@ def reals(snapshot: Snapshot, detail: bool = False) -> str:
     With probes configured, detail adds a `probe` column (each probe's verdict and last
     round trip) and, under the table, the last error of every probe whose last run failed:
     a real going PROBE_FAILED should say why without a trip to the log."""
-    probed = detail and any(r.get("probes") for f in snapshot["serverfarms"]
-                            for r in f["reals"])
+    snap = typed(snapshot)
+    probed = detail and any(r.probes for _, r in snap.reals())
     head = ("real", "server farm", "weight", "state", "conns")
     if detail:
         head += ("connecting", "total", "failed", "reassigns", "since")
@@ -74,49 +77,47 @@ def reals(snapshot: Snapshot, detail: bool = False) -> str:
         head += ("probe",)
     rows = [head]
     errors = []
-    for farm in snapshot["serverfarms"]:
-        for r in farm["reals"]:
-            row = (r["address"], farm["name"], str(r["weight"]), r["state"], str(r["conns"]))
-            if detail:
-                limit = r.get("max_connecting")
-                row += (f"{r.get('connecting', 0)}/{limit if limit else '-'}",
-                        str(r["total"]), str(r["failed_attempts"]), str(r["reassigns"]),
-                        f"{r['state_age']:.0f}s")
-            if probed:
-                row += (", ".join(_probe_cell(p) for p in r.get("probes", [])) or "-",)
-                errors += [f"{r['address']} ({farm['name']}) {p['type']}:{p['port']}: "
-                           f"{p['last_error']}" for p in r.get("probes", [])
-                           if p["last_result"] == "failed"]
-            rows.append(row)
+    for farm, r in snap.reals():
+        row = (r.address, farm.name, str(r.weight), r.state, str(r.conns))
+        if detail:
+            limit = r.max_connecting
+            row += (f"{r.connecting}/{limit if limit else '-'}",
+                    str(r.total), str(r.failed_attempts), str(r.reassigns),
+                    f"{r.state_age:.0f}s")
+        if probed:
+            row += (", ".join(_probe_cell(p) for p in r.probes) or "-",)
+            errors += [f"{r.address} ({farm.name}) {p.type}:{p.port}: {p.last_error}"
+                       for p in r.probes if p.last_result == "failed"]
+        rows.append(row)
     table = _table(rows)
     if not errors:
         return table
     return table + "\nprobe errors:\n" + "".join(f"{line}\n" for line in errors)
 
 
-def _probe_cell(probe: dict[str, Any]) -> str:
+def _probe_cell(probe: ProbeSnapshot) -> str:
     """`xmpp-ping up 0.6ms`; `down` in capitals, as an operator scans for it."""
-    verdict = "up" if probe["verdict"] == "up" else "DOWN"
-    rtt = "" if probe["last_rtt"] is None or verdict != "up" else (
-        f" {probe['last_rtt'] * 1000:.1f}ms")
-    implicit = " (implicit)" if probe.get("implicit") else ""
-    return f"{probe['type']}{implicit} {verdict}{rtt}"
+    verdict = "up" if probe.verdict == "up" else "DOWN"
+    rtt = "" if probe.last_rtt is None or verdict != "up" else (
+        f" {probe.last_rtt * 1000:.1f}ms")
+    implicit = " (implicit)" if probe.implicit else ""
+    return f"{probe.type}{implicit} {verdict}{rtt}"
 
 
 def vservers(snapshot: Snapshot) -> str:
     rows = [("slb vserver", "virtual", "mode", "state", "conns")]
-    rows += [(v["name"], v["virtual"], v["mode"],
-              "OPERATIONAL" if v["inservice"] else "OUTOFSERVICE", str(v["conns"]))
-             for v in snapshot["vservers"]]
+    rows += [(v.name, v.virtual, v.mode, "OPERATIONAL" if v.inservice else "OUTOFSERVICE",
+              str(v.conns)) for v in typed(snapshot).vservers]
     return _table(rows)
 
 
 def conns(snapshot: Snapshot) -> str:
     """`show ip slb conns`: one row per client connection (of worker 0 with workers)."""
+    snap = typed(snapshot)
     rows = [("vserver", "client", "real", "kind", "to", "state", "age")]
-    rows += [(c["vserver"], c["client"], c["real"] or "-", c["kind"] or "-", c["to"] or "-",
-              c["state"], f"{c['age']:.0f}s") for c in snapshot.get("conns", [])]
-    note = snapshot.get("conns_note")
+    rows += [(c.vserver, c.client, c.real or "-", c.kind or "-", c.to or "-", c.state,
+              f"{c.age:.0f}s") for c in snap.conns or ()]
+    note = snap.conns_note
     return _table(rows) + (f"({note})\n" if note else "")
 
 
