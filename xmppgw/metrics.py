@@ -18,9 +18,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xmppgw.slb.types import RealState
+
+if TYPE_CHECKING:
+    from xmppgw.control.snapshot import GatewaySnapshot
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Buckets for time to first server byte: a healthy real answers a stream header in
@@ -115,7 +118,7 @@ class Metrics:
 class StateCollector:
     """Gateway-wide state at scrape time, from the same snapshot `xmppgw show` prints."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, snapshot: Callable[[], GatewaySnapshot]) -> None:
         self.snapshot = snapshot
 
     def describe(self) -> list[Any]:
@@ -152,30 +155,30 @@ class StateCollector:
         panic = GaugeMetricFamily("xmppgw_serverfarm_panic", "1 while the serverfarm is in "
                                   "panic mode (too few reals available: all in service "
                                   "are used)", labels=["serverfarm"])
-        for farm in data["serverfarms"]:
-            queue.add_metric([farm["name"]], farm["queue"])
-            panic.add_metric([farm["name"]], 1.0 if farm["panic"] else 0.0)
-            for real in farm["reals"]:
-                key = [farm["name"], real["address"]]
+        for farm in data.serverfarms:
+            queue.add_metric([farm.name], farm.queue)
+            panic.add_metric([farm.name], 1.0 if farm.panic else 0.0)
+            for real in farm.reals:
+                key = [farm.name, real.address]
                 for name in REAL_STATES:
-                    state.add_metric([*key, name], 1.0 if real["state"] == name else 0.0)
-                conns.add_metric(key, real["conns"])
-                connecting.add_metric(key, real["connecting"])
-                weight.add_metric(key, real["weight"])
-                failed.add_metric(key, real["failed_attempts"])
-                reassigns.add_metric(key, real["reassigns"])
-                for probe in real.get("probes", []):
-                    labels = [*key, probe["type"]]
-                    up.add_metric(labels, 1.0 if probe["verdict"] == "up" else 0.0)
-                    if probe["last_rtt"] is not None:
-                        rtt.add_metric(labels, probe["last_rtt"])
-        for vs in data["vservers"]:
-            vserver_up.add_metric([vs["name"]], 1.0 if vs["inservice"] else 0.0)
+                    state.add_metric([*key, name], 1.0 if real.state == name else 0.0)
+                conns.add_metric(key, real.conns)
+                connecting.add_metric(key, real.connecting)
+                weight.add_metric(key, real.weight)
+                failed.add_metric(key, real.failed_attempts)
+                reassigns.add_metric(key, real.reassigns)
+                for probe in real.probes:
+                    labels = [*key, probe.type]
+                    up.add_metric(labels, 1.0 if probe.verdict == "up" else 0.0)
+                    if probe.last_rtt is not None:
+                        rtt.add_metric(labels, probe.last_rtt)
+        for vs in data.vservers:
+            vserver_up.add_metric([vs.name], 1.0 if vs.inservice else 0.0)
         yield from (state, conns, weight, failed, reassigns, rtt, up, vserver_up, connecting,
                     queue, panic)
 
 
-def serve(host: str, port: int, snapshot: Callable[[], dict[str, Any]]) -> Any:
+def serve(host: str, port: int, snapshot: Callable[[], GatewaySnapshot]) -> Any:
     """The /metrics HTTP listener (a thread of prometheus_client's), for worker 0.
 
     The snapshot is taken on the event loop's thread: `snapshot` must be thread-safe to call

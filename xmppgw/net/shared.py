@@ -19,6 +19,7 @@ from __future__ import annotations
 import mmap
 import pickle
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -229,3 +230,23 @@ class ConfigSlot:
             return generation, None
         data = bytes(self._mem[_SLOT_HEAD.size:_SLOT_HEAD.size + length])
         return generation, pickle.loads(data)
+
+
+@dataclass(slots=True)
+class WorkerShared:
+    """What the workers of one gateway share, made by the master before it forks."""
+
+    table: SharedTable
+    admin: AdminTable
+    slot: ConfigSlot
+    rows: RowMap
+
+
+def make_shared(config: Config, workers: int) -> WorkerShared:
+    """Tables with room for reals and vservers that reloads add (rows are never reused)."""
+    reals = sum(len(f.reals) for f in config.serverfarms)
+    rows = RowMap(max(256, 4 * reals), max(64, 4 * len(config.vservers)))
+    rows.assign(config)
+    return WorkerShared(SharedTable(workers, rows.real_capacity),
+                        AdminTable(rows.real_capacity, rows.vserver_capacity), ConfigSlot(),
+                        rows)

@@ -22,7 +22,10 @@ from xmppgw import config as configmod
 from xmppgw.config import Config
 from xmppgw.log import flush as flush_log
 from xmppgw.metrics import cleanup_multiprocess, prepare_multiprocess, worker_died
-from xmppgw.net.gateway import Gateway, ReloadRefused, WorkerShared, listen_socket, make_shared
+from xmppgw.net.gateway import Gateway
+from xmppgw.net.listeners import listen_socket
+from xmppgw.net.reload import ReloadRefused
+from xmppgw.net.shared import WorkerShared, make_shared
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 RESPAWN_PAUSE = 1.0  # a worker that dies at once is not restarted in a tight loop
