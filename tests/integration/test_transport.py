@@ -4,6 +4,7 @@ are about what crosses the gateway, not about XMPP servers (those are in the oth
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -66,10 +67,27 @@ name = "PROXIED"
 virtual = "{VIP}:5227"
 serverfarm = "PROXYV1"
 
+[[vserver]]
+name = "BOTH"
+virtual = "{VIP}:5228"
+mode = "both"
+serverfarm = "ECHOBOTH"
+
+[[vserver]]
+name = "BALANCED"
+virtual = "{VIP}:5229"
+accept_proxy = ["127.0.0.0/8"]
+serverfarm = "ECHO5222"
+
 [[serverfarm]]
 name = "ECHO"
 [[serverfarm.real]]
 address = "{ECHO}"
+
+[[serverfarm]]
+name = "ECHOBOTH"  # XML streams to :5222 (the real's port), direct TLS to :5223 (the default)
+[[serverfarm.real]]
+address = "{ECHO}:5222"
 
 [[serverfarm]]
 name = "PROXYV1"
@@ -92,10 +110,12 @@ address = "127.0.6.12"
 
 
 def header(to: str | None = "example.test", ns: str = "jabber:client",
-           stream_ns: str = "http://etherx.jabber.org/streams") -> bytes:
+           stream_ns: str = "http://etherx.jabber.org/streams",
+           version: str | None = "1.0") -> bytes:
     to_attr = f"to='{to}' " if to else ""
+    version_attr = f" version='{version}'" if version else ""
     return (f"<?xml version='1.0'?><stream:stream {to_attr}xmlns='{ns}' "
-            f"xmlns:stream='{stream_ns}' version='1.0'>").encode()
+            f"xmlns:stream='{stream_ns}'{version_attr}>").encode()
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +195,25 @@ def test_host_unknown_never_reaches_a_real(gateway: GatewayProcess, echo) -> Non
     assert root.get("from") == "gw.example.test"  # §4.9.1.3: our own name, not evil.test
     assert b"xmlns='jabber:client'" in reply
     assert echo[0].accepted == before
+
+
+@pytest.mark.parametrize("theirs, ours", [("1.0", "1.0"), ("0.9", "0.9"), ("2.0", "1.0"),
+                                           (None, None)])
+def test_the_error_header_answers_with_the_lower_version(
+        gateway: GatewayProcess, theirs: str | None, ours: str | None) -> None:
+    """RFC 6120 §4.7.5: the lower of the client's version and ours; none for none."""
+    root, condition = stream_error(exchange(5222, header(to="evil.test", version=theirs)))
+    assert condition == "host-unknown" and root.get("version") == ours
+
+
+def test_the_gateway_s_own_answer_is_counted(gateway: GatewayProcess) -> None:
+    """bytes_to_client counts the header and stream error the gateway sent itself."""
+    with socket.create_connection((VIP, 5222), timeout=5) as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(header(to="evil.test"))
+        reply = read_to_eof(sock)
+    record = gateway.wait_record(lambda r: r.get("client") == f"127.0.0.1:{port}")
+    assert record["error"] == "host-unknown" and record["bytes_to_client"] == len(reply) > 0
 
 
 def test_host_unknown_without_to(gateway: GatewayProcess, echo) -> None:
@@ -307,8 +346,111 @@ def test_unknown_sni_gets_unrecognized_name_alert(gateway: GatewayProcess, echo)
 
 
 def test_not_tls_on_directtls_gets_decode_error(gateway: GatewayProcess) -> None:
-    assert exchange(5223, header()) == alert_record(50)
+    assert exchange(5223, b"GET / HTTP/1.1\r\n\r\n") == alert_record(50)
     assert exchange(5223, b"\x16\x03\x01\x00\x04\x02\x00\x00\x00") == alert_record(10)
+
+
+def test_an_xmpp_stream_on_directtls_gets_a_stream_error_naming_the_starttls_port(
+        gateway: GatewayProcess, echo) -> None:
+    """A plain XMPP client on the direct-TLS port is answered in XML, not with an alert it
+    reports as "content before root node", and told where STARTTLS is."""
+    before = echo[1].accepted
+    root, condition = stream_error(exchange(5223, header(ns="jabber:server")))
+    assert condition == "policy-violation"
+    assert b"xmlns='jabber:server'" in exchange(5223, header(ns="jabber:server"))
+    text = ET.fromstring(exchange(5223, header()))[0].find(f"{ERRORS}text").text
+    assert text.endswith("STARTTLS is on port 5222")
+    assert echo[1].accepted == before
+
+
+def test_a_clienthello_on_starttls_gets_a_tls_alert(gateway: GatewayProcess, echo) -> None:
+    """A client trying direct TLS first on the STARTTLS port gets a TLS alert it can read
+    (RFC 8446 §6.2 unexpected_message), not <not-well-formed/>."""
+    before = echo[0].accepted
+    ctx = tls_client("example.test", ["xmpp-client"])
+    with (socket.create_connection((VIP, 5222), timeout=5) as raw,
+          pytest.raises(ssl.SSLError, match="UNEXPECTED_MESSAGE")):
+        ctx.wrap_socket(raw, server_hostname="example.test")
+    assert echo[0].accepted == before
+    record = gateway.wait_record(lambda r: r.get("vserver") == "E5222"
+                                 and r.get("error") == "tls-alert-10")
+    assert record["bytes_to_client"] == 7
+
+
+def client_hello(sni: str, alpn: list[str]) -> bytes:
+    """The ClientHello Python's ssl would send (SNI and ALPN as given)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_client(sni, alpn).wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def echoed(port: int, data: bytes) -> tuple[bytes, int]:
+    """Send data, read back as many bytes from the echo behind; (echo, client port)."""
+    with socket.create_connection((VIP, port), timeout=5) as sock:
+        sock.sendall(data)
+        back = b""
+        while len(back) < len(data):
+            chunk = sock.recv(65536)
+            assert chunk, back
+            back += chunk
+        return back, sock.getsockname()[1]
+
+
+def test_both_mode_sends_tls_to_the_direct_tls_port_and_xml_to_the_starttls_one(
+        gateway: GatewayProcess, echo) -> None:
+    hello = client_hello("example.test", ["xmpp-client"])
+    tls_before, xml_before = echo[1].accepted, echo[0].accepted
+    back, tls_port = echoed(5228, hello)
+    assert back == hello and echo[1].accepted == tls_before + 1  # the echo on :5223
+    back, xml_port = echoed(5228, header())
+    assert back == header() and echo[0].accepted == xml_before + 1  # the echo on :5222
+    tls_line = gateway.wait_record(lambda r: r.get("client") == f"127.0.0.1:{tls_port}")
+    xml_line = gateway.wait_record(lambda r: r.get("client") == f"127.0.0.1:{xml_port}")
+    assert (tls_line["vserver"], tls_line["mode"], tls_line["real_port"]) == (
+        "BOTH", "directtls", 5223)
+    assert tls_line["sni"] == "example.test" and tls_line["kind"] == "c2s"
+    assert (xml_line["mode"], xml_line["real_port"], xml_line["to"]) == (
+        "starttls", 5222, "example.test")
+
+
+def test_an_ip_literal_as_sni_goes_to_the_default_farm(gateway: GatewayProcess, echo) -> None:
+    """RFC 6066 forbids it, clients send it: routed as no SNI would be, and logged."""
+    from tests.unit.test_connection import hello_record
+
+    hello = hello_record("127.0.6.1", (b"xmpp-client",))
+    back, port = echoed(5223, hello)
+    assert back == hello
+    record = gateway.wait_record(lambda r: r.get("client") == f"127.0.0.1:{port}")
+    assert record["sni"] == "127.0.6.1" and record["to"] is None and record["real"] == ECHO
+
+
+def test_a_6_kb_alpn_list_is_cut_in_the_connection_line(gateway: GatewayProcess) -> None:
+    alpn = [f"p{i:03d}-" + "x" * 40 for i in range(140)] + ["xmpp-client"]
+    hello = client_hello("example.test", alpn)
+    assert len(hello) > 6000
+    _, port = echoed(5223, hello)
+    record = gateway.wait_record(lambda r: r.get("client") == f"127.0.0.1:{port}")
+    assert record["kind"] == "c2s"  # routing read the whole list
+    assert len(record["alpn"]) == 9 and record["alpn"][-1] == "...(133 more)"
+    assert len(json.dumps(record)) < 2000
+
+
+def test_a_balancer_s_tcp_health_checks_are_not_logged_as_bad_proxy_headers(
+        gateway: GatewayProcess) -> None:
+    """Connect and close from an accept_proxy network, no byte: a health check (counted,
+    logged at debug only), not a `bad-proxy-header` every few seconds."""
+    for _ in range(3):
+        socket.create_connection((VIP, 5229), timeout=5).close()
+    with socket.create_connection((VIP, 5229), timeout=5) as sock:  # then a broken header
+        port = sock.getsockname()[1]
+        sock.sendall(b"PROXY TCP4 garbage\r\n")
+        read_to_eof(sock)
+    gateway.wait_record(lambda r: r.get("client") == f"127.0.0.1:{port}"
+                        and r.get("event") == "connection")
+    lines = [r for r in gateway.records("connection") if r.get("vserver") == "BALANCED"]
+    assert [r["error"] for r in lines] == ["bad-proxy-header"]
 
 
 def test_clienthello_is_replayed_exactly(gateway: GatewayProcess, echo) -> None:
@@ -320,6 +462,7 @@ def test_clienthello_is_replayed_exactly(gateway: GatewayProcess, echo) -> None:
         tls.do_handshake()
     hello = outgoing.read()
     with socket.create_connection((VIP, 5223), timeout=5) as sock:
+        port = sock.getsockname()[1]
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(0, len(hello), 7):
             sock.sendall(hello[i:i + 7])
@@ -331,8 +474,8 @@ def test_clienthello_is_replayed_exactly(gateway: GatewayProcess, echo) -> None:
         sock.sendall(b"\x17\x03\x03\x00\x01x")  # an application record after the handover
         assert sock.recv(100) == b"\x17\x03\x03\x00\x01x"
     assert echoed == hello
-    record = gateway.wait_record(lambda r: r.get("sni") == "example.test")
-    assert record["alpn"] == ["xmpp-client"] and record["kind"] == "c2s"
+    record = gateway.wait_record(lambda r: r.get("client") == f"127.0.0.1:{port}")
+    assert record["sni"] == "example.test" and record["alpn"] == ["xmpp-client"] and record["kind"] == "c2s"
     assert record["spliced"] is True  # direct TLS is opaque from its first byte
 
 
