@@ -23,17 +23,19 @@ class LoginFailed(AssertionError):
 
 
 def make_client(
-    jid: str, password: str, direct_tls: bool = False, plugins: Sequence[str] = ("xep_0199",)
+    jid: str, password: str, direct_tls: bool = False, plugins: Sequence[str] = ("xep_0199",),
+    fallback: bool = False,
 ) -> ClientXMPP:
     """A ClientXMPP that skips certificate checks and uses exactly one TLS mode:
-    direct TLS (XEP-0368, e.g. port 5223) or STARTTLS (port 5222)."""
+    direct TLS (XEP-0368, e.g. port 5223) or STARTTLS (port 5222); with `fallback`, both, as
+    slixmpp does by default (direct TLS first, then STARTTLS on the same host and port)."""
     client = ClientXMPP(jid, password)
     for plugin in plugins:
         client.register_plugin(plugin)
     client.ssl_context.check_hostname = False
     client.ssl_context.verify_mode = ssl.CERT_NONE
     client.enable_direct_tls = direct_tls
-    client.enable_starttls = not direct_tls
+    client.enable_starttls = not direct_tls or fallback
     client.enable_plaintext = False
     return client
 
@@ -49,13 +51,14 @@ async def xmpp_session(
     timeout: float = LOGIN_TIMEOUT,
     send_presence: bool = True,
     plugins: Sequence[str] = ("xep_0199",),
+    fallback: bool = False,
 ) -> AsyncIterator[ClientXMPP]:
     """Log in as ``jid`` at (host, port) and yield the client once the session has started.
 
     Raises LoginFailed on connection failure, authentication failure or timeout; always
     disconnects on exit.
     """
-    client = make_client(jid, password, direct_tls, plugins)
+    client = make_client(jid, password, direct_tls, plugins, fallback)
     started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def fail(why: str) -> None:

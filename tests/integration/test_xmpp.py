@@ -12,7 +12,7 @@ import pytest
 from tests.harness.client import xmpp_session
 from tests.harness.servers import Servers
 from tests.support.gateway import GatewayProcess
-from tests.support.topology import STRICT_PORT, VIP
+from tests.support.topology import BOTH_PORT, STRICT_PORT, VIP
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +40,36 @@ async def test_direct_tls_login_and_ping(servers: Servers, xmpp_gateway: Gateway
     record = xmpp_gateway.wait_record(lambda r: r["client"] == f"127.0.0.1:{port}")
     assert record["vserver"] == "P5223" and record["sni"] == "example.test"
     assert record["real"] in servers.ejabberd_addresses
+
+
+async def test_direct_tls_first_login_on_a_both_vserver_lands_on_the_direct_tls_listener(
+        servers: Servers, xmpp_gateway: GatewayProcess) -> None:
+    """slixmpp given a host and port tries direct TLS first, then STARTTLS: on a `both`
+    vserver the first try gets in, relayed to the node's direct-TLS listener (5223)."""
+    xmpp_gateway.settle()
+    seen = {r.get("client") for r in xmpp_gateway.records("connection")}
+    async with xmpp_session(servers.jid("user180") + "/both", servers.password, VIP, BOTH_PORT,
+                            direct_tls=True, fallback=True) as c:
+        assert await c.plugin["xep_0199"].ping(jid=servers.ejabberd_domain, timeout=10) >= 0
+        port = c.transport.get_extra_info("sockname")[1]
+    record = xmpp_gateway.wait_record(lambda r: r["client"] == f"127.0.0.1:{port}")
+    assert (record["vserver"], record["mode"], record["real_port"]) == ("BOTH", "directtls", 5223)
+    assert record["sni"] == "example.test" and record["starttls"] is False
+    assert record["real"] in {f"{a}:5222" for a in servers.ejabberd_addresses}
+    assert record["error"] is None
+    tries = [r for r in xmpp_gateway.records("connection") if r.get("vserver") == "BOTH"
+             and r.get("client") not in seen]
+    assert len(tries) == 1  # no failed first try, no second connection
+
+
+async def test_starttls_login_on_a_both_vserver(servers: Servers,
+                                                xmpp_gateway: GatewayProcess) -> None:
+    async with xmpp_session(servers.jid("user181") + "/both", servers.password, VIP,
+                            BOTH_PORT) as c:
+        assert await c.plugin["xep_0199"].ping(jid=servers.ejabberd_domain, timeout=10) >= 0
+        port = c.transport.get_extra_info("sockname")[1]
+    record = xmpp_gateway.wait_record(lambda r: r["client"] == f"127.0.0.1:{port}")
+    assert (record["mode"], record["real_port"], record["starttls"]) == ("starttls", 5222, True)
 
 
 @pytest.mark.parametrize("alpn, kind", [("xmpp-client", "c2s"), (None, None)])

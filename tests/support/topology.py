@@ -12,6 +12,7 @@ DEMO_CONFIG = ROOT / "conf" / "demo.toml"
 VIP = "127.0.1.1"
 S2S_VIP = VIP
 STRICT_PORT = 5322  # a c2s vserver with require_starttls
+BOTH_PORT = 5422  # a c2s vserver with mode = "both": STARTTLS and direct TLS on one port
 
 TEST_ONLY = """
 [[vserver]]
@@ -20,8 +21,15 @@ virtual = "{vip}:{port}"
 require_starttls = true
 serverfarm = "XMPP5222"
 
+[[vserver]]
+name = "BOTH"
+virtual = "{vip}:{both_port}"
+mode = "both"
+kinds = ["c2s"]
+serverfarm = "XMPP5222"
+
 [[serverfarm]]
-name = "XMPP5222"
+name = "XMPP5222"  # STARTTLS to the nodes' 5222, direct TLS to their 5223 (directtls_port)
 {reals}
 """
 
@@ -35,4 +43,4 @@ def gateway_config(servers: Servers) -> str:
                     for a in servers.ejabberd_addresses)
     # streams left open at the end of the session get 2 s, not the default 10 s, to end
     text = text.replace("[gateway]\n", "[gateway]\nshutdown_timeout = 2\n", 1)
-    return text + TEST_ONLY.format(vip=VIP, port=STRICT_PORT, reals=reals)
+    return text + TEST_ONLY.format(vip=VIP, port=STRICT_PORT, both_port=BOTH_PORT, reals=reals)
