@@ -1,8 +1,9 @@
 """Where a client session meets the gateway: the one narrow interface between them.
 
 `net/session.py` (one connection's I/O) needs these members of the gateway and no others;
-`net/gateway.py` implements them and drives sessions only through `ClientSession`'s public
-methods (`drain`, `system_shutdown`, `close`, `resume`, `upstream_keepalive`). Neither module
+`net/gateway.py` implements them, and it and `net/operator.py` drive sessions only through
+`ClientSession`'s public methods (`drain`, `system_shutdown`, `close`, `resume`,
+`upstream_keepalive`). Neither module
 imports the other's internals, so there is no import cycle.
 """
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class VserverHandle(Protocol):
-    """A vserver at run time (`gateway.VserverRuntime`)."""
+    """A vserver at run time (`listeners.VserverRuntime`)."""
 
     @property
     def name(self) -> str: ...
