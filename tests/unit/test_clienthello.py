@@ -7,6 +7,8 @@ builder below, which exists to produce the malformed variants.
 
 from __future__ import annotations
 
+import ipaddress
+
 import shutil
 import socket
 import ssl
@@ -594,8 +596,12 @@ def test_builder_roundtrip_any_fragmentation(
     fragments = data.draw(st.lists(st.integers(1, 50), max_size=10))
     fragments = [f for f in fragments if f] if sum(fragments) < len(message) else []
     stream = records(message, fragments)
-    expected = ClientHello(name.lower(), tuple(a.decode("latin-1") for a in alpn), 0x0303,
-                           tuple(versions), len(stream))
+    try:  # labels of digits can spell an IPv4 address: not a domain (sni_ip)
+        sni, sni_ip = None, str(ipaddress.ip_address(name))
+    except ValueError:
+        sni, sni_ip = name.lower(), None
+    expected = ClientHello(sni, tuple(a.decode("latin-1") for a in alpn), 0x0303,
+                           tuple(versions), len(stream), sni_ip)
     assert one(stream) == expected
     assert feed_all(stream + b"\x17\x03\x03", split_points(data.draw, len(stream))) == [expected]
 
