@@ -50,7 +50,17 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from xmppgw.addresses import client_ip, unmapped
-from xmppgw.slb.plan import Abort, Action, Commit, Connect, ConnectPlan, Detach, GiveUp, Queued, Replay
+from xmppgw.slb.plan import (
+    Abort,
+    Action,
+    Commit,
+    Connect,
+    ConnectPlan,
+    Detach,
+    GiveUp,
+    Queued,
+    Replay,
+)
 from xmppgw.wire import clienthello as tls
 from xmppgw.wire import proxyproto
 from xmppgw.wire.errors import VERSION, reply_version, stream_error, stream_header
@@ -288,13 +298,52 @@ class ClientConnection:
     """One accepted client connection, from accept to its log line."""
 
     __slots__ = (
-        "admission", "alpn", "buffer", "buffered", "bytes_from_client", "bytes_to_client",
-        "client", "client_fin", "client_gone", "committed", "connect_started", "domain",
-        "engine", "error", "farm", "finished", "header_at", "hello", "kind", "linger_at",
-        "lingered", "local", "negotiation_at", "notes", "owner", "paused", "peer", "phase",
-        "plan", "proxy_header", "proxy_reader", "real", "real_fin", "real_open", "sni",
-        "spliced", "started", "starttls", "starttls_mode", "timer_at", "tracker", "vserver",
-        "sniffed", "wrong_mode", "from_gateway", "balancer_local",
+        "admission",
+        "alpn",
+        "balancer_local",
+        "buffer",
+        "buffered",
+        "bytes_from_client",
+        "bytes_to_client",
+        "client",
+        "client_fin",
+        "client_gone",
+        "committed",
+        "connect_started",
+        "domain",
+        "engine",
+        "error",
+        "farm",
+        "finished",
+        "from_gateway",
+        "header_at",
+        "hello",
+        "kind",
+        "linger_at",
+        "lingered",
+        "local",
+        "negotiation_at",
+        "notes",
+        "owner",
+        "paused",
+        "peer",
+        "phase",
+        "plan",
+        "proxy_header",
+        "proxy_reader",
+        "real",
+        "real_fin",
+        "real_open",
+        "sni",
+        "sniffed",
+        "spliced",
+        "started",
+        "starttls",
+        "starttls_mode",
+        "timer_at",
+        "tracker",
+        "vserver",
+        "wrong_mode",
     )
 
     def __init__(self, engine: Engine, vserver: Vserver, owner: object = None,

@@ -8,7 +8,6 @@ builder below, which exists to produce the malformed variants.
 from __future__ import annotations
 
 import ipaddress
-
 import shutil
 import socket
 import ssl

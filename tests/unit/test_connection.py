@@ -15,13 +15,44 @@ from typing import Any
 
 import pytest
 
-from xmppgw.config import (Address, Config, Faildetect, GatewayConfig, Limits, RealConfig,
-                           Route, ServerfarmConfig, VserverConfig)
-from xmppgw.connection import (ABORT_CLIENT, CLOSE, CLOSE_LINGER, DONE, LINGER_BYTES,
-                               LINGER_TIME, MAX_CONNECT_BUFFER, PAUSE_CLIENT, RESUME_CLIENT,
-                               AbortAttempt, ClientConnection, Close, Command, Dial,
-                               EngineChanged, GoOpaque, HalfClose, LimitRefused, Log, Note,
-                               Phase, Relay, SendClient, SendReal, SetTimer)
+from xmppgw.config import (
+    Address,
+    Config,
+    Faildetect,
+    GatewayConfig,
+    Limits,
+    RealConfig,
+    Route,
+    ServerfarmConfig,
+    VserverConfig,
+)
+from xmppgw.connection import (
+    ABORT_CLIENT,
+    CLOSE,
+    CLOSE_LINGER,
+    DONE,
+    LINGER_BYTES,
+    LINGER_TIME,
+    MAX_CONNECT_BUFFER,
+    PAUSE_CLIENT,
+    RESUME_CLIENT,
+    AbortAttempt,
+    ClientConnection,
+    Close,
+    Command,
+    Dial,
+    EngineChanged,
+    GoOpaque,
+    HalfClose,
+    LimitRefused,
+    Log,
+    Note,
+    Phase,
+    Relay,
+    SendClient,
+    SendReal,
+    SetTimer,
+)
 from xmppgw.slb.farm import Serverfarm
 from xmppgw.slb.limits import Admission
 from xmppgw.slb.plan import Detach

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xmppgw.config import Address, Faildetect, RealConfig, ServerfarmConfig
-from xmppgw.slb.farm import Real, RealState, Serverfarm
-from xmppgw.slb.farm import PanicChange
+from xmppgw.slb.farm import PanicChange, Real, RealState, Serverfarm
 from xmppgw.slb.plan import (
     EVERY_REAL_FAILED,
     NO_REAL,
@@ -139,7 +138,7 @@ def test_a_detached_attempt_that_connects_late_is_no_verdict() -> None:
     """a's SYN was dropped (full accept queue) and its retransmission answered at 1.0 s:
     b had won meanwhile; a is alive, so nothing counts against it."""
     farm = make_farm()
-    a, b, _ = farm.reals
+    a, _, _ = farm.reals
     plan = plan_for(farm)
     plan.start(0.0)
     plan.on_timer(0.2)
@@ -261,7 +260,7 @@ def test_reassign_bounds_how_many_reals_race_at_once() -> None:
     """reassign 1: one hedge beside the first attempt, no third racer; after both time
     out the last real is still tried, alone."""
     farm = make_farm(n=3, reassign=1)
-    a, b, c = farm.reals
+    _, b, c = farm.reals
     plan = plan_for(farm)
     plan.start(0.0)
     assert plan.on_timer(0.2) == [Connect(2, b)]
@@ -379,7 +378,7 @@ def test_a_hedge_never_goes_to_a_real_at_its_limit() -> None:
 def test_a_hedge_loser_keeps_its_slot_until_its_verdict() -> None:
     """The detached SYN still occupies the real's accept queue: it counts in max_connecting."""
     farm = make_farm(n=2, farm={"max_connecting": 1})
-    a, b = farm.reals
+    a, _ = farm.reals
     plan = plan_for(farm)
     plan.start(0.0)
     plan.on_timer(0.2)

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import json
 
-from xmppgw.control.snapshot import (ConnSnapshot, FarmSnapshot, GatewaySnapshot, ProbeSnapshot,
-                                     RealSnapshot, VserverSnapshot)
+from xmppgw.control.snapshot import (
+    ConnSnapshot,
+    FarmSnapshot,
+    GatewaySnapshot,
+    ProbeSnapshot,
+    RealSnapshot,
+    VserverSnapshot,
+)
 
 PROBE = {"type": "tcp", "implicit": False, "port": 5222, "verdict": "up", "last_result": "ok",
          "last_error": None, "last_rtt": 0.0003, "last_change": "2024-06-01T12:00:00Z",

@@ -175,7 +175,7 @@ class CountingParser:
         object.__setattr__(self, "_parser", parser)
         object.__setattr__(self, "_calls", calls)
 
-    def Parse(self, data: bytes, final: bool = False) -> int:  # noqa: N802 (expat's name)
+    def Parse(self, data: bytes, final: bool = False) -> int:
         self._calls.append(bytes(data))
         return self._parser.Parse(data, final)
 

@@ -366,8 +366,7 @@ def _domainpart(domain: str) -> str | None:
     which no pattern may match: stripping every dot would route `x.example.test..`, and a
     bare suffix test `.example.test` itself, under `*.example.test`."""
     name = domain.lower()
-    if name.endswith("."):
-        name = name[:-1]
+    name = name.removesuffix(".")
     if not name or name.startswith(".") or name.endswith(".") or ".." in name:
         return None
     return name

@@ -11,27 +11,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from xmppgw.connection import Vserver
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from xmppgw.config import Config, VserverConfig
+    from xmppgw.config import Config
     from xmppgw.metrics import Metrics
     from xmppgw.net.splice import PipePool
     from xmppgw.slb.farm import Serverfarm
-    from xmppgw.slb.limits import Admission
 
 
-class VserverHandle(Protocol):
-    """A vserver at run time (`listeners.VserverRuntime`)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def config(self) -> VserverConfig: ...
-
-    @property
-    def admission(self) -> Admission | None: ...
+class VserverHandle(Vserver, Protocol):
+    """A vserver at run time (`listeners.VserverRuntime`): what the machine reads of it
+    (`connection.Vserver`), and where the adapter counts refusals."""
 
     def note_refusal(self, log: Any, client: str, reason: str, now: float) -> None:
         """Count an admission refusal; log at most one line per second."""

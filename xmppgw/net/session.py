@@ -16,10 +16,30 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from xmppgw.connection import (CLIENT, KEEP_OPEN, OPAQUE, AbortAttempt, AbortClient,
-                               ClientConnection, Close, Command, Dial, Done, EngineChanged,
-                               GoOpaque, HalfClose, LimitRefused, Log, Note, PauseClient,
-                               Relay, ResumeClient, SendClient, SendReal, SetTimer)
+from xmppgw.connection import (
+    CLIENT,
+    KEEP_OPEN,
+    OPAQUE,
+    AbortAttempt,
+    AbortClient,
+    ClientConnection,
+    Close,
+    Command,
+    Dial,
+    Done,
+    EngineChanged,
+    GoOpaque,
+    HalfClose,
+    LimitRefused,
+    Log,
+    Note,
+    PauseClient,
+    Relay,
+    ResumeClient,
+    SendClient,
+    SendReal,
+    SetTimer,
+)
 from xmppgw.net.sockopts import apply_keepalive
 from xmppgw.net.splice import SpliceRelay
 from xmppgw.slb.plan import ConnectPlan, Detach, DetachedAttempt
@@ -30,7 +50,7 @@ if TYPE_CHECKING:
     from xmppgw.slb.farm import Real
 
 # Kept importable from here: tests and tools read them as session constants.
-from xmppgw.connection import LINGER_BYTES, LINGER_TIME, MAX_CONNECT_BUFFER  # noqa: E402,F401
+from xmppgw.connection import LINGER_BYTES, LINGER_TIME, MAX_CONNECT_BUFFER  # noqa: F401
 
 
 class ClientSession(asyncio.Protocol):

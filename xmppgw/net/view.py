@@ -7,8 +7,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from xmppgw.control.snapshot import (ConnSnapshot, FarmSnapshot, GatewaySnapshot, ProbeSnapshot,
-                                     RealSnapshot, VserverSnapshot)
+from xmppgw.control.snapshot import (
+    ConnSnapshot,
+    FarmSnapshot,
+    GatewaySnapshot,
+    ProbeSnapshot,
+    RealSnapshot,
+    VserverSnapshot,
+)
 
 if TYPE_CHECKING:
     from xmppgw.net.gateway import Gateway
