@@ -1,0 +1,44 @@
+"""`python -m chaos.toxiproxy [--host 127.0.0.1] [--port 8474]`: serve until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from chaos.toxiproxy.api import VERSION
+from chaos.toxiproxy.server import ToxiproxyServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos.toxiproxy",
+                                     description="Toxiproxy 2.x server (asyncio)")
+    parser.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8474, help="API port (default 8474)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve(args.host, args.port))
+
+
+async def _serve(host: str, port: int) -> int:
+    server = ToxiproxyServer(host, port)
+    await server.start()
+    logging.getLogger("chaos.toxiproxy").info(
+        "Toxiproxy %s HTTP API on %s", VERSION, server.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
