@@ -325,6 +325,9 @@ async def test_toxic_crud(tp: Api, echo: Upstream) -> None:
     status, upd = await tp.call("PATCH", "/proxies/p/toxics/latency_downstream", {
         "attributes": {"latency": 9}, "toxicity": 0.25})
     assert upd["attributes"] == {"latency": 9, "jitter": 7} and upd["toxicity"] == 0.25
+    status, upd = await tp.call("POST", "/proxies/p/toxics/latency_downstream", {
+        "toxicity": 0.3333333333})
+    assert upd["toxicity"] == 0.33333334  # kept as a float32, printed as Go prints one
     assert await tp.call("POST", "/proxies/p/toxics/nope", {}) == (
         404, {"error": "toxic not found", "status": 404})
 
@@ -334,6 +337,7 @@ async def test_toxic_crud(tp: Api, echo: Upstream) -> None:
     assert await tp.call("DELETE", "/proxies/p/toxics/slow") == (
         404, {"error": "toxic not found", "status": 404})
     assert await tp.call("GET", "/proxies/p/toxics") == (200, [upd])
+    await tp.call("POST", "/proxies/p/toxics/latency_downstream", {"toxicity": 1})
 
     for type_, attrs in [("bandwidth", {"rate": 0}), ("slow_close", {"delay": 0}),
                          ("timeout", {"timeout": 0}), ("reset_peer", {"timeout": 0}),
@@ -858,7 +862,11 @@ def test_toxiproxy_python_toxics_and_reset(client: Any, threaded_echo: str) -> N
 
 def test_python_m_chaos_toxiproxy(tmp_path: Path) -> None:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "chaos.toxiproxy", "--port", str(port)],
+    config = tmp_path / "proxies.json"
+    config.write_text(json.dumps([{"name": "from_config", "listen": f"{LOOPBACK}:0",
+                                   "upstream": f"{LOOPBACK}:9", "enabled": False}]))
+    proc = subprocess.Popen([sys.executable, "-m", "chaos.toxiproxy", "--port", str(port),
+                             "--config", str(config)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
@@ -866,7 +874,11 @@ def test_python_m_chaos_toxiproxy(tmp_path: Path) -> None:
             try:
                 with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/version", timeout=1) as r:
                     assert r.read() == f'{{"version": "{VERSION}"}}\n'.encode()
-                    break
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/proxies", timeout=1) as r:
+                    assert json.loads(r.read()) == {"from_config": {
+                        "name": "from_config", "listen": f"{LOOPBACK}:0",
+                        "upstream": f"{LOOPBACK}:9", "enabled": False, "toxics": []}}
+                break
             except OSError:
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 assert time.monotonic() < deadline

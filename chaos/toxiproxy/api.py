@@ -22,7 +22,7 @@ from chaos.toxiproxy.engine import (
     Proxy,
     ProxyCollection,
 )
-from chaos.toxiproxy.toxics import INT64_MAX, INT64_MIN, TOXIC_TYPES, ToxicSpec
+from chaos.toxiproxy.toxics import INT64_MAX, INT64_MIN, TOXIC_TYPES, ToxicSpec, to_float32
 
 VERSION = "2.12.0"  # the Toxiproxy release whose API this follows
 
@@ -151,9 +151,9 @@ def decode_attributes(type_: str, value: Any, into: dict[str, int]) -> dict[str,
 
 def decode_toxicity(value: Any) -> float:
     toxicity = _want(value, float, "ToxicWrapper", "toxicity", "float32")
-    if math.isinf(toxicity) or math.isnan(toxicity):
+    if math.isinf(toxicity) or math.isnan(toxicity) or abs(toxicity) > 3.4028234663852886e38:
         raise _type_error(value, "struct field ToxicWrapper.toxicity", "float32")
-    return float(toxicity)
+    return to_float32(float(toxicity))
 
 
 # -- handlers ---------------------------------------------------------------------------------------
@@ -188,26 +188,29 @@ async def proxy_create(request: web.Request) -> web.Response:
     return json_response(proxy.to_json(), 201)
 
 
+async def populate_from(collection: ProxyCollection, value: Any, done: list[Proxy]) -> None:
+    """Go's PopulateJson: check every entry, then create or replace each in turn (appending
+    to `done`); the /populate endpoint and `--config` share it."""
+    if not isinstance(value, list):
+        raise _type_error(value, "value", "[]struct { toxiproxy.Proxy; Enabled *bool }")
+    entries = []
+    for i, item in enumerate(value):
+        entry = decode_proxy(item, {"name": "", "listen": "", "upstream": "", "enabled": True})
+        if not entry["name"]:
+            raise ApiError(f"missing required field: name at proxy {i + 1}", 400)
+        if not entry["upstream"]:
+            raise ApiError(f"missing required field: upstream at proxy {i + 1}", 400)
+        entries.append(entry)
+    async with collection.lock:
+        for entry in entries:
+            proxy = Proxy(entry["name"], entry["listen"], entry["upstream"])
+            done.append(await collection.add_or_replace(proxy, entry["enabled"]))
+
+
 async def populate(request: web.Request) -> web.Response:
-    collection = _collection(request)
     done: list[Proxy] = []
     try:
-        value = await decode_body(request)
-        if not isinstance(value, list):
-            raise _type_error(value, "value", "[]struct { toxiproxy.Proxy; Enabled *bool }")
-        entries = []
-        for i, item in enumerate(value):
-            entry = decode_proxy(item, {"name": "", "listen": "", "upstream": "",
-                                        "enabled": True})
-            if not entry["name"]:
-                raise ApiError(f"missing required field: name at proxy {i + 1}", 400)
-            if not entry["upstream"]:
-                raise ApiError(f"missing required field: upstream at proxy {i + 1}", 400)
-            entries.append(entry)
-        async with collection.lock:
-            for entry in entries:
-                proxy = Proxy(entry["name"], entry["listen"], entry["upstream"])
-                done.append(await collection.add_or_replace(proxy, entry["enabled"]))
+        await populate_from(_collection(request), await decode_body(request), done)
     except ApiError as exc:
         return json_response({"error": exc.message, "status": exc.status,
                               "proxies": _proxies_json(done)}, exc.status)

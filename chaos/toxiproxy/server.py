@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from chaos.toxiproxy.api import make_app
-from chaos.toxiproxy.engine import ProxyCollection
+from chaos.toxiproxy.api import make_app, populate_from
+from chaos.toxiproxy.engine import Proxy, ProxyCollection
 
 
 class ToxiproxyServer:
@@ -43,6 +43,12 @@ class ToxiproxyServer:
                                      handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
+
+    async def populate(self, value: Any) -> list[Proxy]:
+        """Create or replace proxies as POST /populate does (`value`: a list of proxies)."""
+        done: list[Proxy] = []
+        await populate_from(self.collection, value, done)
+        return done
 
     async def stop(self) -> None:
         """Stop serving the API and take every proxy down."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,11 +61,25 @@ class ToxicSpec:
         self.attributes = attributes
 
     def to_json(self) -> dict[str, Any]:
-        toxicity: float | int = self.toxicity
-        if float(toxicity).is_integer():
-            toxicity = int(toxicity)  # Go prints float32 1 as `1`
         return {"attributes": dict(self.attributes), "name": self.name, "type": self.type,
-                "stream": self.stream, "toxicity": toxicity}
+                "stream": self.stream, "toxicity": float32_json(self.toxicity)}
+
+
+def to_float32(value: float) -> float:
+    """The nearest float32 (Toxiproxy keeps toxicity as one)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def float32_json(value: float) -> float | int:
+    """As Go's encoding/json prints a float32: the shortest decimal that reads back as the
+    same float32 (0.3, not 0.30000001192092896), and 1 rather than 1.0."""
+    if value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    for digits in range(1, 10):
+        text = f"{value:.{digits}g}"
+        if to_float32(float(text)) == value:
+            return float(text)
+    return value
 
 
 def default_attributes(type_: str) -> dict[str, int]:
