@@ -18,6 +18,7 @@ import concurrent.futures
 import socket
 from typing import Any
 
+from xmppgw import notify
 from xmppgw.config import Config
 from xmppgw.control.server import ControlServer
 from xmppgw.control.snapshot import GatewaySnapshot
@@ -240,7 +241,13 @@ class Gateway:
             self.log.warning("reload_partial", reason="a change of gateway.workers takes a "
                              "restart; the rest is applied")
         self.rows.assign(config)
-        await reloading.apply(self, plan, config, asyncio.get_running_loop().time())
+        if not self.multi:  # the one process is systemd's main PID (with workers: the master)
+            notify.reloading()
+        try:
+            await reloading.apply(self, plan, config, asyncio.get_running_loop().time())
+        finally:
+            if not self.multi:
+                notify.ready()
         summary: dict[str, Any] = plan.summary()
         self.last_reload = summary
         self.log.warning("reloaded", config=config.path, **summary)

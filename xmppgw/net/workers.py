@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from xmppgw import config as configmod
+from xmppgw import notify
 from xmppgw.config import Config
 from xmppgw.log import flush as flush_log
 from xmppgw.metrics import cleanup_multiprocess, prepare_multiprocess, worker_died
@@ -72,10 +73,11 @@ def bind_all(config: Config) -> list[dict[str, socket.socket]]:
 
 def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int = 0,
                shared: WorkerShared | None = None,
-               sockets: dict[str, socket.socket] | None = None) -> int:
+               sockets: dict[str, socket.socket] | None = None,
+               ready_fd: int | None = None) -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            runner.run(_serve(config, log, worker, shared, sockets))
+            runner.run(_serve(config, log, worker, shared, sockets, ready_fd))
         except OSError as exc:
             print(f"xmppgw: {exc.strerror}", file=sys.stderr, flush=True)
             log.error("start_failed", error=exc.strerror)
@@ -84,7 +86,9 @@ def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int 
 
 
 async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | None,
-                 sockets: dict[str, socket.socket] | None) -> None:
+                 sockets: dict[str, socket.socket] | None, ready_fd: int | None) -> None:
+    """Serve until SIGTERM/SIGINT. Once every listener is bound: READY=1 to systemd when
+    this is the only process, else one byte on `ready_fd` (the master's, see `Master.run`)."""
     gateway = Gateway(config, log, worker, shared, sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,9 +97,16 @@ async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | N
     reload = gateway.reload_from_slot if shared is not None else lambda: _reload_file(gateway)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
     await gateway.start()
+    if shared is None:
+        notify.ready()
+    elif ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     event = "started" if shared is None else "worker_started"
     log.info(event, config=config.path, loop=type(loop).__module__, pid=os.getpid())
     await stop.wait()
+    if shared is None:
+        notify.stopping()
     log.info("stopping" if shared is None else "worker_stopping")
     await gateway.stop(graceful=True)
     if shared is None:
@@ -128,8 +139,11 @@ class Master:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
+        ready_r, ready_w = os.pipe()
         for worker in range(len(self.sockets)):
-            self._spawn(worker)
+            self._spawn(worker, (ready_r, ready_w))
+        os.close(ready_w)
+        self._notify_ready(ready_r)
         self.log.info("started", config=self.config.path, workers=len(self.sockets),
                       pid=os.getpid())
         while self.children:
@@ -153,9 +167,25 @@ class Master:
         self.log.info("stopped")
         return 0
 
+    def _notify_ready(self, ready_r: int) -> None:
+        """READY=1 to systemd once every first worker has started (each writes one byte when
+        its listeners and, for worker 0, the control socket are up). A worker that dies first
+        closes its end without writing: then READY=1 is not sent, and systemd's start
+        timeout ends a gateway that cannot start."""
+        got = b""
+        with os.fdopen(ready_r, "rb", buffering=0) as pipe:
+            while len(got) < len(self.sockets):
+                chunk = pipe.read(len(self.sockets) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        if len(got) == len(self.sockets) and not self.stopping:
+            notify.ready()
+
     def _stop(self, signum: int, _frame: object) -> None:
         if not self.stopping:
             self.stopping = True
+            notify.stopping()
             self.log.info("stopping", signal=signal.Signals(signum).name)
         for pid in self.children:
             try:
@@ -176,6 +206,7 @@ class Master:
             self.log.error("reload_refused", problems=[
                 "more reals or vservers than the shared tables hold: restart instead"])
             return
+        notify.reloading()
         self.shared.rows.assign(config)
         self.shared.slot.write(config)
         self._drop_moved_sockets(config)
@@ -185,6 +216,7 @@ class Master:
                 os.kill(pid, signal.SIGHUP)
             except ProcessLookupError:
                 pass
+        notify.ready()  # handed out: each worker applies it from the slot at once
 
     def _drop_moved_sockets(self, config: Config) -> None:
         """Our copies of listening sockets whose vserver is gone or moved: closed, so only
@@ -195,13 +227,17 @@ class Master:
             for name in [n for n in sockets if keep.get(n) != old.get(n)]:
                 sockets.pop(name).close()
 
-    def _spawn(self, worker: int) -> None:
+    def _spawn(self, worker: int, ready: tuple[int, int] | None = None) -> None:
+        """Fork worker `worker`; `ready` (read end, write end): the first workers' pipe
+        to `_notify_ready` (a respawned worker has none)."""
         pid = os.fork()
         if pid:
             self.children[pid] = (worker, time.monotonic())
             return
         code = 1
         try:
+            if ready is not None:
+                os.close(ready[0])
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
@@ -210,7 +246,8 @@ class Master:
                     for sock in sockets.values():
                         sock.close()
             code = run_worker(self.config, self.log.bind(worker=worker), self.loop_factory,
-                              worker, self.shared, self.sockets[worker])
+                              worker, self.shared, self.sockets[worker],
+                              ready[1] if ready is not None else None)
         finally:
             flush_log()
             os._exit(code)
