@@ -81,6 +81,8 @@ def join_host_port(host: str, port: int) -> str:
 
 async def resolve_listen(addr: str) -> tuple[str, int, str]:
     """(IP or "" for every interface, port, Go's ResolveTCPAddr(addr).String())."""
+    if addr == "":  # Go: every interface, a port from the kernel
+        return "", 0, ":0"
     host, port_text = split_host_port(addr)
     port = parse_port(port_text, addr)
     if host == "":
