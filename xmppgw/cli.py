@@ -50,11 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     reload.add_argument("-c", "--config", required=True, help="the running gateway's config")
     zone = sub.add_parser("zone", help="print the SRV records as zone-file text")
     zone.add_argument("-c", "--config", required=True, help="TOML config file with [srv]")
+    example = sub.add_parser("example-config", help="print a shipped example config (or the "
+                             "systemd unit) to standard output; without NAME, list them")
+    example.add_argument("name", nargs="?", metavar="NAME",
+                         help="e.g. seed (the seed article's set-up), demo, xmppgw.service")
     args = parser.parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "show": cmd_show, "zone": cmd_zone}
     commands["import-ios"] = cmd_import_ios
     commands.update(real=cmd_real, vserver=cmd_vserver, reload=cmd_reload)
+    commands["example-config"] = cmd_example_config
     return commands[args.command](args)
 
 
@@ -309,6 +314,28 @@ def cmd_zone(args: argparse.Namespace) -> int:
     published = build(config, Health.from_config(config), int(time.time()))
     print(published.to_zone_text(f"from the config ({why}): every vserver and real in "
                                  "service"), end="")
+    return 0
+
+
+def cmd_example_config(args: argparse.Namespace) -> int:
+    """The examples are package data: `xmppgw/examples` is the repository's `conf/` (a
+    symlink in the source tree, real files in the wheel)."""
+    from importlib.resources import files
+
+    examples = files("xmppgw") / "examples"
+    shipped = sorted((entry.name for entry in examples.iterdir()
+                      if entry.name.endswith((".toml", ".service"))),
+                     key=lambda name: name.removesuffix(".toml"))
+    if args.name is None:
+        for name in shipped:
+            print(name.removesuffix(".toml"))
+        return 0
+    name = args.name if args.name in shipped else f"{args.name}.toml"
+    if name not in shipped:
+        print(f"xmppgw: no example config named {args.name!r} (there are: "
+              f"{', '.join(n.removesuffix('.toml') for n in shipped)})", file=sys.stderr)
+        return 1
+    print((examples / name).read_text(encoding="utf-8"), end="")
     return 0
 
 
