@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on Debian 12: the real servers they run against
-# (ejabberd, Prosody, BIND tools), and xmppgw with its test extras in a virtualenv (.venv).
+# (ejabberd, Prosody, BIND tools), systemd-analyze for the unit, and xmppgw with its test
+# extras (python -m build among them) in a virtualenv (.venv).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(ejabberd prosody lua-unbound dnsutils bind9 bind9-utils dnsperf nftables
-              iproute2 openssl procps python3 python3-venv python3-pip)
+              iproute2 openssl procps python3 python3-venv python3-pip
+              systemd)  # systemd-analyze: tests/integration/test_systemd.py verifies the unit
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
