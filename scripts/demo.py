@@ -378,6 +378,9 @@ class View:
                 f"pings ok {f['pings_ok_s']:.1f}/s failed {f['pings_failed_s']:.1f}/s; "
                 f"cuts {f['cuts']} | " + "; ".join(reals))
 
+    def _console_height(self) -> int:
+        return self._live.console.size.height if self._live is not None else 40
+
     def render(self) -> Any:
         from rich.console import Group
         from rich.panel import Panel
@@ -389,6 +392,10 @@ class View:
             step, lines = self.screen.step, list(self.screen.lines)
         with self.watch.lock:
             farm, reals = self.watch.farm_text, self.watch.reals_text
+        farm = farm.split("\n\n")[0]  # the XMPP farm only: the screen must fit a terminal
+        reals = "\n".join(line for i, line in enumerate(reals.splitlines())
+                          if i == 0 or f" {FARM} " in line)
+        lines = lines[-max(4, self._console_height() - 26):]
         stats = Table.grid(padding=(0, 2))
         stats.add_column(justify="right")
         stats.add_column()
