@@ -13,6 +13,7 @@ from xmppgw.log import configure as configure_logging
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xmppgw", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway in the foreground")
     run.add_argument("-c", "--config", required=True, help="TOML config file")
@@ -54,13 +55,33 @@ def main(argv: list[str] | None = None) -> int:
                              "systemd unit) to standard output; without NAME, list them")
     example.add_argument("name", nargs="?", metavar="NAME",
                          help="e.g. seed (the seed article's set-up), demo, xmppgw.service")
+    reference = sub.add_parser("config-reference", help="print the configuration reference "
+                               "(Markdown, from the config model: docs/configuration.md)")
+    reference.add_argument("-o", "--output", help="write it to this file")
     args = parser.parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "check": cmd_check, "show": cmd_show, "zone": cmd_zone}
     commands["import-ios"] = cmd_import_ios
     commands.update(real=cmd_real, vserver=cmd_vserver, reload=cmd_reload)
     commands["example-config"] = cmd_example_config
+    commands["config-reference"] = cmd_config_reference
     return commands[args.command](args)
+
+
+def _version() -> str:
+    """The installed distribution's version (package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xmppgw")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from xmppgw.config.reference import write
+
+    return write(args.output)
 
 
 def _load(path: str) -> configmod.Config | None:
@@ -345,6 +366,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    problem = control_socket_problem(config)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 1
     log = configure_logging(config.gateway.log_format)
     try:
         import uvloop
@@ -352,3 +377,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError:
         loop_factory = None
     return workers.run(config, log, loop_factory)
+
+
+def control_socket_problem(config: configmod.Config) -> str | None:
+    """Why the control socket cannot be created, said before anything starts: its directory
+    is missing and cannot be made (a parent is a file, or this user may not write there), or
+    it exists and this user may not write in it. None if it looks fine (or is not set).
+
+    The gateway makes a missing directory itself (mode 0700), as root can under /run; run
+    as a service user, it needs the directory made for it (systemd `RuntimeDirectory=`)."""
+    import os
+    from pathlib import Path
+
+    path = config.gateway.control_socket
+    if not path:
+        return None
+    where = f"{config.path}: gateway.control_socket = {path!r}"
+    directory = Path(path).absolute().parent
+    ancestor = directory
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    fix = (f"create it (e.g. `install -d -m 0750 -o {_user()} {directory}`, or "
+           f"`RuntimeDirectory={directory.name}` in the systemd unit), or set "
+           "gateway.control_socket to a path in a directory this user can write")
+    if ancestor != directory:
+        if not ancestor.is_dir():
+            return (f"{where}: the directory {directory} cannot be created: {ancestor} is not "
+                    "a directory; set gateway.control_socket to another path")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            return (f"{where}: the directory {directory} does not exist, and this user "
+                    f"({_user()}) may not create it in {ancestor}: {fix}")
+        return None
+    if not directory.is_dir():
+        return (f"{where}: {directory} is not a directory; set gateway.control_socket to "
+                "another path")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (f"{where}: this user ({_user()}) may not create the socket in {directory}: "
+                f"give it write access there (e.g. `chown {_user()} {directory}`), or set "
+                "gateway.control_socket to a path in a directory this user can write")
+    return None
+
+
+def _user() -> str:
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())

@@ -170,7 +170,7 @@ serverfarm = "S2S"
     assert w.farm_for("s2s", "example.test") == "F"
     assert w.farm_for("c2s", "muc.example.test") == "F"
     assert refused(text.replace('kind = "s2s"\n', 'kind = "s3s"\n'))[0].endswith(
-        "must be one of c2s, s2s, component")
+        "must be one of c2s, s2s, component; did you mean 's2s'?")
     problem = refused(text.replace('serverfarm = "S2S"\n', 'serverfarm = "NOPE"\n'))[0]
     assert "vserver[1].route[0].serverfarm: no serverfarm named 'NOPE'" in problem
 

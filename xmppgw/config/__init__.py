@@ -9,7 +9,8 @@ is meant.
 - `loader`: `loads(text, path)`, pure: it reads nothing but its argument;
 - `resolver`: `resolve(config)`, the I/O (groups, files, secrets), and `load(path)`:
   read, `loads`, `resolve`;
-- `locator`: the line a key path sits at, for messages.
+- `locator`: the line a key path sits at, for messages;
+- `reference`: docs/configuration.md, generated from the model's field metadata.
 """
 
 from xmppgw.config.loader import loads

@@ -13,6 +13,7 @@ fields. Allowed values come from the module that owns them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import re
 import tomllib
@@ -161,7 +162,18 @@ class _Section:
         for key in self.data:
             if key not in self.used:
                 allowed = ", ".join(sorted(self.used))
-                self.ctx.error(self.keypath + (key,), f"unknown key (known here: {allowed})")
+                self.ctx.error(self.keypath + (key,), f"unknown key (known here: {allowed})"
+                               + did_you_mean(key, self.used))
+
+
+def did_you_mean(word: object, known: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for the known name closest to a misspelt `word`, else ""."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    if not close:
+        close = [k for k in sorted(known) if k.lower() == word.lower()][:1]
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _is_type(value: Any, kind: type | tuple[type, ...]) -> bool:
@@ -202,7 +214,8 @@ def _at_least(low: int) -> Callable[[int], str | None]:
 
 def _one_of(choices: Iterable[str]) -> Callable[[str], str | None]:
     choices = tuple(choices)
-    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+    return lambda value: (None if value in choices else f"must be one of {', '.join(choices)}"
+                          + did_you_mean(value, choices))
 
 
 def _strings(value: list[Any]) -> str | None:
@@ -275,6 +288,7 @@ def _published_farms(vservers: list[VserverConfig | None]) -> set[str]:
 
 def _gateway(s: _Section) -> GatewayConfig:
     d, k = _defaults(GatewayConfig), _defaults(Keepalive)
+    s.used.add("metrics")  # read below only when given; known here either way
     ka = s.sub("keepalive")
     keepalive = Keepalive(
         idle=ka.get("idle", float, k.idle, _positive),
@@ -486,6 +500,7 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
     d = _defaults(VserverConfig)
     kinds = s.get("kinds", list, list(d.kinds),
                   lambda v: _strings(v) or next((f"unknown kind {k!r} (known: {', '.join(KINDS)})"
+                                                 + did_you_mean(k, KINDS)
                                                  for k in v if k not in KINDS), None))
     vserver = VserverConfig(
         name=s.get("name", str),
@@ -545,7 +560,7 @@ def _srv_services(s: _Section) -> tuple[str, ...] | None:
         return None
     value = s.get("srv", list, [], lambda v: _strings(v) or next(
         (f"unknown service {x!r} (known: {', '.join(SRV_SERVICES)})"
-         for x in v if x not in SRV_SERVICES), None))
+         + did_you_mean(x, SRV_SERVICES) for x in v if x not in SRV_SERVICES), None))
     return tuple(value)
 
 
@@ -589,6 +604,7 @@ def _srv(s: _Section, gateway: GatewayConfig) -> SrvConfig | None:
         u.done()
     else:
         s.used.add("update")
+    s.used.add("listen")  # read below only when given; known here either way
     srv = SrvConfig(
         zones=tuple(zones),
         listen=_address(s, "listen", need_port=True) if "listen" in s.data else d.listen,

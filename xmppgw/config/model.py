@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
+from typing import Any
 
 KINDS = ("c2s", "s2s", "component")
 # starttls: the stream header, then STARTTLS (RFC 6120 §5); directtls: a TLS ClientHello
@@ -34,6 +35,27 @@ MAX_HELLO_BYTES = 16384
 CONNECT_TIMEOUT = 4.0
 HEDGE_DELAY = 0.2
 RESPONSE_TIMEOUT = 5.0
+
+
+def _k(default: Any = MISSING, *, doc: str, factory: Any = MISSING, ios: str | None = None,
+       unit: str | None = None, toml: str | None = None, type: str | None = None,
+       shown: str | None = None, repr: bool = True) -> Any:
+    """A field of the file, with what `xmppgw config-reference` prints for it.
+
+    `doc`: what it means; `ios`: the Cisco IOS SLB command it stands for; `unit`: of a
+    number; `toml`: the key's name in the file when it is not the field's; `type`: the TOML
+    type when the annotation does not say it plainly; `shown`: the default as a reader
+    should see it (\"from `[gateway]`\") when the field's own default would mislead."""
+    meta = {"doc": doc, "ios": ios, "unit": unit, "toml": toml, "type": type, "shown": shown}
+    return field(default=default, default_factory=factory, repr=repr, metadata=meta)
+
+
+# The field of a model class that no file key sets (computed by the loader).
+NOT_A_KEY = {"not_a_key": True}
+_FOR_FARMS = "Default for every serverfarm that does not set its own (see `[[serverfarm]]`)."
+_FROM_GATEWAY = "from `[gateway]`"
+_XS = "`xmpp-stream` only: "
+_XP = "`xmpp-ping` only: "
 
 
 class ConfigError(Exception):
@@ -77,38 +99,84 @@ class Keepalive:
     the kernel notices a vanished peer instead (the seed's advice on tcp_keepalive_*).
     """
 
-    idle: float = 60.0
-    interval: float = 10.0
-    count: int = 6
-    user_timeout: float = 120.0
+    idle: float = _k(60.0, unit="s", doc=(
+        "Silence on a leg before the kernel sends the first keepalive probe (`TCP_KEEPIDLE`)."))
+    interval: float = _k(10.0, unit="s", doc=(
+        "Time between keepalive probes (`TCP_KEEPINTVL`)."))
+    count: int = _k(6, unit="probes", doc=(
+        "Unanswered keepalive probes after which the kernel drops the connection "
+        "(`TCP_KEEPCNT`)."))
+    user_timeout: float = _k(120.0, unit="s", doc=(
+        "How long sent data may stay unacknowledged before the kernel drops the connection "
+        "(`TCP_USER_TIMEOUT`)."))
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    name: str | None = None
-    control_socket: str | None = None
-    domains: tuple[str, ...] = ()
-    header_timeout: float = HEADER_TIMEOUT
-    max_header_bytes: int = MAX_HEADER_BYTES
-    max_hello_bytes: int = MAX_HELLO_BYTES
-    negotiation_timeout: float = NEGOTIATION_TIMEOUT
-    connect_timeout: float = CONNECT_TIMEOUT
-    hedge_delay: float = HEDGE_DELAY
-    response_timeout: float = RESPONSE_TIMEOUT
-    log_format: str = "auto"
-    log_connect: bool = False
-    workers: int = 1
-    relay: str = "splice"
-    keepalive: Keepalive = field(default_factory=Keepalive)
-    shutdown_timeout: float = 10.0
-    control_group: str | None = None
-    metrics: Address | None = None
+    name: str | None = _k(None, doc=(
+        "The gateway's own name: the `from` of its error streams when the peer asked for a "
+        "domain it does not serve (RFC 6120 §4.9.1.3)."))
+    control_socket: str | None = _k(None, type="string (path)", doc=(
+        "Path of the control socket, created mode 0600 (see Operations). Its directory is "
+        "created if missing, so the gateway must be allowed to create it "
+        "(systemd: `RuntimeDirectory=xmppgw`)."))
+    domains: tuple[str, ...] = _k((), doc=(
+        "The domains served, exact or `*.suffix`. A stream `to` any other domain (or with no "
+        "`to`) gets `<host-unknown/>` and never reaches a real, and a ClientHello with another "
+        "SNI gets an `unrecognized_name` alert. Empty means every domain is routed, as an IOS "
+        "SLB would; the gateway then warns at start."))
+    header_timeout: float = _k(HEADER_TIMEOUT, unit="s", doc=(
+        "Time allowed for a complete stream header or ClientHello, after which a stream gets "
+        "`<connection-timeout/>`. A vserver may set its own."))
+    max_header_bytes: int = _k(MAX_HEADER_BYTES, unit="bytes", doc=(
+        "Most bytes before the stream header is complete; past it, `<policy-violation/>`. "
+        "At least 256. A vserver may set its own."))
+    max_hello_bytes: int = _k(MAX_HELLO_BYTES, unit="bytes", doc=(
+        "Most bytes before the ClientHello is complete; past it, a `decode_error` alert. "
+        "At least 512. A vserver may set its own."))
+    negotiation_timeout: float = _k(NEGOTIATION_TIMEOUT, unit="s", doc=(
+        "Time from accept until the stream goes opaque (TLS started, or it went on without "
+        "TLS): a stream parked in cleartext after its header, or a client that never starts "
+        "TLS, gets `<connection-timeout/>` and both sockets are released. Never applies once a "
+        "stream is relayed opaquely. A vserver may set its own."))
+    connect_timeout: float = _k(CONNECT_TIMEOUT, unit="s", doc=_FOR_FARMS)
+    hedge_delay: float = _k(HEDGE_DELAY, unit="s", doc=_FOR_FARMS)
+    response_timeout: float = _k(RESPONSE_TIMEOUT, unit="s", doc=_FOR_FARMS)
+    log_format: str = _k("auto", doc=(
+        "`auto` (console on a terminal, else JSON), `json` or `console`."))
+    log_connect: bool = _k(False, doc=(
+        "Also log a `connected` line when a connection reaches its real (HAProxy's "
+        "`option logasap`). XMPP streams live for hours, so the close line can come much "
+        "later."))
+    workers: int = _k(1, unit="processes", doc=(
+        "Number of worker processes sharing the vservers (see Workers)."))
+    relay: str = _k("splice", doc=(
+        "How opaque streams (after STARTTLS, or direct TLS) are relayed: `splice` moves bytes "
+        "socket → pipe → socket with `os.splice` and never copies them into Python; `copy` "
+        "keeps the asyncio Protocol relay. Without `os.splice` the copy relay is used."))
+    keepalive: Keepalive = _k(  # noqa: RUF009
+        factory=Keepalive, type="table", shown="see below", doc=(
+        "`[gateway.keepalive]`: TCP keepalive and `TCP_USER_TIMEOUT` on both legs. Once a "
+        "stream is relayed, the gateway never times it out for being idle; the kernel's "
+        "keepalive probes find a peer that vanished."))
+    shutdown_timeout: float = _k(10.0, unit="s", doc=(
+        "On SIGTERM: how long relayed (TLS) streams may run on after the gateway stopped "
+        "accepting; cleartext streams get `<system-shutdown/>` at once."))
+    control_group: str | None = _k(None, doc=(
+        "A group whose members may use the control socket too (the socket is then 0660, owned "
+        "by that group). It must exist on this machine."))
+    metrics: Address | None = _k(None, type="string (ip:port)", doc=(  # noqa: RUF009
+        "`ip:port` of the Prometheus `/metrics` listener (see Operations)."))
 
 
 @dataclass(frozen=True, slots=True)
 class Faildetect:
-    numconns: int = 8
-    numclients: int = 2
+    numconns: int = _k(8, unit="attempts", ios="faildetect numconns N", doc=(
+        "The real is marked FAILED after this many consecutive failed attempts. A success "
+        "resets the count."))
+    numclients: int = _k(2, unit="clients", ios="faildetect ... numclients M", doc=(
+        "... or after failed attempts from this many distinct client IPs, whichever comes "
+        "first. A client that fails again is counted once, as in IOS; a success resets it."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,24 +188,51 @@ class ProbeConfig:
     repr, so no log line or traceback can carry it.
     """
 
-    type: str
-    interval: float = 5.0
-    timeout: float = 2.0
-    rise: int = 2
-    fall: int = 3
-    port: int | None = None
-    kind: str = "c2s"
-    domain: str | None = None
-    expect_starttls: bool = False
-    jid: str | None = None
-    password: str | None = field(default=None, repr=False)
-    password_file: str | None = None
-    persistent: bool = True
-    tls_verify: bool = True
-    tls_ca_file: str | None = None
+    type: str = _k(doc=(
+        "`tcp` (the TCP handshake, then close: a hung node passes it, because its kernel still "
+        "accepts), `xmpp-stream` (a stream opened to `domain`; the real must answer with its "
+        "stream header and `<stream:features>`) or `xmpp-ping` (a login as `jid` on that real, "
+        "then a XEP-0199 ping to `domain`)."))
+    interval: float = _k(5.0, unit="s", doc=(
+        "From the start of one run to the start of the next. A run never starts while the "
+        "previous one is still running; a run that took longer than `interval` is followed at "
+        "once by the next."))
+    timeout: float = _k(2.0, unit="s", doc=(
+        "Longest time one run may take. Past it, the run fails and names what the real did "
+        "not send (\"timeout after 2 s waiting for the stream header\")."))
+    rise: int = _k(2, unit="runs", doc=(
+        "Successful runs in a row that bring a PROBE_FAILED real back. A probe starts as "
+        "passing, like the real."))
+    fall: int = _k(3, unit="runs", doc=(
+        "Failed runs in a row that make a real PROBE_FAILED."))
+    port: int | None = _k(None, shown="the real's, else 5269 (s2s) or 5222", doc=(
+        "The port to probe: this, else the real's own port if its address has one, else 5269 "
+        "for an s2s `xmpp-stream` probe and 5222 for every other probe."))
+    kind: str = _k("c2s", doc=_XS + (
+        "`c2s` (`jabber:client`) or `s2s` (`jabber:server` with the dialback namespace)."))
+    domain: str | None = _k(None, shown="the jid's domain", doc=(
+        "`xmpp-stream` and `xmpp-ping`: the domain the stream is opened to or the ping is sent "
+        "to. Required for `xmpp-stream`."))
+    expect_starttls: bool = _k(False, doc=_XS + "the features must offer `<starttls/>`.")
+    jid: str | None = _k(None, shown="required for `xmpp-ping`", doc=_XP + (
+        "the probe account, `user@domain`."))
+    password: str | None = _k(None, repr=False, doc=_XP + (
+        "the probe account's password; give this or `password_file`. It never appears in a "
+        "log line, a message or `show`."))
+    password_file: str | None = _k(None, type="string (path)", doc=_XP + (
+        "a file holding the password on its first line, read when the config is loaded, so a "
+        "missing file is a config error."))
+    persistent: bool = _k(True, doc=_XP + (
+        "keep the session open between pings (later runs only ping). This is cheaper for the "
+        "server and for the gateway; otherwise each run logs in and out."))
+    tls_verify: bool = _k(True, doc=_XP + (
+        "check the real's certificate. The name checked is the jid's domain, which is what a "
+        "real's certificate names, not the real's address."))
+    tls_ca_file: str | None = _k(None, type="string (path)", shown="the system's CAs",
+                                 doc=_XP + "the CA file to trust instead.")
     # Not a key of the file: True for the `tcp` probe the loader gives a farm whose reals
     # are published in SRV records and which has no probes (`IMPLICIT_PROBE`).
-    implicit: bool = False
+    implicit: bool = field(default=False, metadata=NOT_A_KEY)
 
     def port_for(self, address: Address) -> int:
         """The probe's own `port`, else the real's port, else the stream kind's well-known
@@ -167,40 +262,100 @@ IMPLICIT_PROBE = ProbeConfig(type="tcp", implicit=True)
 
 @dataclass(frozen=True, slots=True)
 class RealConfig:
-    address: Address
-    weight: int = 8
-    reassign: int = 3
-    faildetect: Faildetect = field(default_factory=Faildetect)
-    retry: float = 60.0
-    inservice: bool = True
-    maxconns: int | None = None
-    max_connecting: int | None = None  # None: the farm's
-    standby: bool = False
-    probes: tuple[ProbeConfig, ...] | None = None  # None: the farm's probes
-    directtls_port: int | None = None  # None: the farm's (direct TLS from a `both` vserver)
+    address: Address = _k(ios="real IP", type="string (address)", doc=(  # noqa: RUF009
+        "`ip`, `ip:port`, `ipv6` or `[ipv6]:port`. Without a port the real is reached on the "
+        "vserver's port (`nat server`)."))
+    weight: int = _k(8, ios="weight", doc="Share of new connections.")
+    reassign: int = _k(3, unit="reals", ios="reassign", doc=(
+        "How many reals beyond this one a client connection may race at once by hedging."))
+    faildetect: Faildetect = _k(factory=Faildetect, type="table", shown="see below",  # noqa: RUF009
+                                ios="faildetect numconns N numclients M", doc=(
+        "`[serverfarm.real.faildetect]`: when failed attempts mark the real FAILED."))
+    retry: float = _k(60.0, unit="s", ios="retry", doc=(
+        "Time after FAILED until the real goes TESTING: the next connection it qualifies for "
+        "is sent to it. Success makes it OPERATIONAL (with slow start); failure makes it "
+        "FAILED for another `retry`."))
+    inservice: bool = _k(True, ios="inservice / no inservice", doc=(
+        "`false` means OUTOFSERVICE: no new connections, and existing ones stay. This is the "
+        "seed's spare node."))
+    maxconns: int | None = _k(None, unit="connections", ios="maxconns", shown="unlimited",
+                              doc=("At the limit the real is skipped, and shown MAXCONNS, until "
+                                   "one of its connections closes."))
+    max_connecting: int | None = _k(None, unit="attempts", shown="the farm's", doc=(
+        "This real's own limit of attempts in flight, instead of the farm's `max_connecting`. "
+        "`0`: no limit."))
+    standby: bool = _k(False, ios="none (HAProxy `backup`)", doc=(
+        "Used only while no other real of the farm can take the connection."))
+    probes: tuple[ProbeConfig, ...] | None = _k(
+        None, toml="probe", type="array of tables", shown="the farm's", doc=(
+            "`[[serverfarm.real.probe]]`: this real's own probes (keys as "
+            "`[[serverfarm.probe]]`), instead of the farm's; `probe = []` turns probing off "
+            "for this real."))
+    directtls_port: int | None = _k(None, shown="the farm's", doc=(
+        "Where a `both` vserver sends this real's direct-TLS streams, instead of the farm's "
+        "`directtls_port`."))
 
 
 @dataclass(frozen=True, slots=True)
 class ServerfarmConfig:
-    name: str
-    nat: str = "server"
-    predictor: str = "roundrobin"
-    connect_timeout: float = CONNECT_TIMEOUT
-    hedge_delay: float = HEDGE_DELAY
-    response_timeout: float = RESPONSE_TIMEOUT
-    slowstart: float = 30.0
+    name: str = _k(ios="ip slb serverfarm NAME", doc="The farm's name, for vservers and routes.")
+    nat: str = _k("server", ios="nat server", doc=(
+        "A real without a port is reached on the vserver's port."))
+    predictor: str = _k("roundrobin", ios="predictor", doc=(
+        "`roundrobin` is smooth weighted round-robin, with no bursts to one real. "
+        "`leastconns` picks the fewest active connections relative to the (slow-start) "
+        "weight. `sourcehash` is a weighted rendezvous hash of the client's IP: a "
+        "reconnecting client lands on the same real."))
+    connect_timeout: float = _k(CONNECT_TIMEOUT, unit="s", ios="the `reassign` SYNs",
+                                shown="`4`, from `[gateway]`", doc=(
+        "How long one attempt on a real may wait for the TCP handshake: the SYN and Linux's "
+        "retransmissions at 1 s and 3 s (see Reconnect storms)."))
+    hedge_delay: float = _k(HEDGE_DELAY, unit="s", shown="`0.2`, from `[gateway]`", doc=(
+        "Goes beyond IOS: if the picked real has not completed the handshake within this "
+        "time, the next pick is dialled in parallel and the first to answer wins. `0` turns "
+        "it off."))
+    response_timeout: float = _k(RESPONSE_TIMEOUT, unit="s", shown="`5`, from `[gateway]`",
+                                 doc=(
+        "Goes beyond IOS: a real that accepts TCP but sends nothing back within this time is a "
+        "failed attempt. `0` turns it off."))
+    slowstart: float = _k(30.0, unit="s", ios="slow start", doc=(
+        "A real that comes (back) into service ramps its weight from 5% to 100% over this "
+        "time. `0` turns it off."))
     # Overload (README, "Reconnect storms"): attempts in flight per real, the queue of
     # client connections waiting for one, and Envoy's healthy panic threshold (percent).
-    max_connecting: int | None = 8
-    queue_timeout: float = 10.0
-    queue_length: int = 4096
-    panic_threshold: int = 50
-    reals: tuple[RealConfig, ...] = ()
-    probes: tuple[ProbeConfig, ...] = ()  # with [srv], maybe (IMPLICIT_PROBE,): see there
-    proxy_protocol: str | None = None  # "v1" | "v2": a PROXY header to reals and probes
+    max_connecting: int | None = _k(8, unit="attempts", ios="none (HAProxy `maxconn` + queue)",
+                                    doc=(
+        "Attempts in flight (dialled, not yet answered) per real, over every worker. A client "
+        "connection that finds every real it may use at this limit waits in the farm's queue. "
+        "`0`: no limit. A real's own `max_connecting` overrides it."))
+    queue_timeout: float = _k(10.0, unit="s", ios="none (HAProxy `timeout queue`)", doc=(
+        "How long a connection may wait in the queue; then `<remote-connection-failed/>`. "
+        "`0`: never queue."))
+    queue_length: int = _k(4096, unit="connections", doc=(
+        "Most connections waiting per farm (per worker); one more gets "
+        "`<remote-connection-failed/>` at once."))
+    panic_threshold: int = _k(50, unit="%", ios="none (Envoy's healthy panic threshold)", doc=(
+        "While fewer than this share of the farm's reals in service are available "
+        "(OPERATIONAL or TESTING), picks ignore FAILED and PROBE_FAILED and use every real in "
+        "service. `0` turns it off."))
+    reals: tuple[RealConfig, ...] = _k((), toml="real", type="array of tables",
+                                       shown="see below", ios="real IP", doc=(
+        "`[[serverfarm.real]]`: the farm's reals."))
+    probes: tuple[ProbeConfig, ...] = _k(  # with [srv], maybe (IMPLICIT_PROBE,): see there
+        (), toml="probe", type="array of tables", shown="none (with `[srv]`: an implicit `tcp`)",
+        doc=("`[[serverfarm.probe]]`: active health probes of every real of the farm. A farm "
+             "whose reals `[srv]` publishes and that has no `probe` key gets an implicit `tcp` "
+             "probe; `probe = []` turns it off."))
+    proxy_protocol: str | None = _k(None, ios="none (HAProxy `send-proxy`)", doc=(
+        "`\"v1\"` or `\"v2\"`: every connection to a real starts with a PROXY header naming "
+        "the client's address and the one it connected to (v2 adds the host asked for, SNI or "
+        "`to`). The farm's probes send one too (with their own addresses)."))
     # Where a `mode = "both"` vserver sends the streams that start with a ClientHello; the
     # vserver's port (`nat server`) or the real's own port still takes the XML streams.
-    directtls_port: int = DIRECTTLS_PORT
+    directtls_port: int = _k(DIRECTTLS_PORT, doc=(
+        "Where a `both` vserver sends direct-TLS streams (the XML ones go to the vserver's "
+        "port, or the real's own). A real's own `directtls_port` overrides it. Unused by "
+        "`starttls` and `directtls` vservers."))
 
     def directtls_endpoint(self, real: RealConfig) -> tuple[str, int]:
         """(host, port) for a direct-TLS stream from a `both` vserver: the real's own
@@ -223,9 +378,12 @@ class ServerfarmConfig:
 class Route:
     """Sends streams of one kind and/or to one domain to another farm than the vserver's default."""
 
-    serverfarm: str
-    kind: str | None = None
-    domain: str | None = None
+    serverfarm: str = _k(doc="The farm the matching streams go to.")
+    kind: str | None = _k(None, shown="any", doc=(
+        "`c2s`, `s2s` or `component`: the stream kind this route takes."))
+    domain: str | None = _k(None, shown="any", doc=(
+        "The domain (exact or `*.suffix`) this route takes. A route needs `kind`, `domain` or "
+        "both; the first match wins, then the vserver's default farm applies."))
 
     def matches(self, kind: str | None, domain: str | None) -> bool:
         kind_ok = self.kind is None or self.kind == kind
@@ -241,10 +399,14 @@ class Limits:
     A connection counts from accept, before its header arrives, so half-open attempts and
     slow headers use up the allowance as well."""
 
-    maxconns: int | None = None          # concurrent connections, all sources together
-    maxconns_per_ip: int | None = None   # concurrent connections from one source address
-    rate_per_ip: float | None = None     # new connections per second from one source (refill)
-    burst_per_ip: int | None = None      # bucket size; None: max(1, 2 * rate_per_ip)
+    maxconns: int | None = _k(None, unit="connections", ios="maxconns", shown="unlimited",
+                              doc="Concurrent connections, all sources together.")
+    maxconns_per_ip: int | None = _k(None, unit="connections", shown="unlimited", doc=(
+        "Concurrent connections from one source (IPv6 sources count per /64)."))
+    rate_per_ip: float | None = _k(None, unit="connections/s", shown="unlimited", doc=(
+        "New connections per second from one source: the token bucket's refill rate."))
+    burst_per_ip: int | None = _k(None, unit="connections", shown="2 × `rate_per_ip`", doc=(
+        "The token bucket's size. Needs `rate_per_ip`."))
 
     @property
     def burst(self) -> int:
@@ -255,21 +417,48 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class VserverConfig:
-    name: str
-    virtual: Address
-    mode: str = MODES[0]
-    serverfarm: str | None = None  # the default farm; None: routes only
-    inservice: bool = True
-    require_starttls: bool = False
-    kinds: tuple[str, ...] = ("c2s", "s2s")
-    routes: tuple[Route, ...] = ()
-    header_timeout: float = HEADER_TIMEOUT
-    negotiation_timeout: float = NEGOTIATION_TIMEOUT  # from accept until the stream goes opaque
-    max_header_bytes: int = MAX_HEADER_BYTES
-    max_hello_bytes: int = MAX_HELLO_BYTES
-    accept_proxy: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    limits: Limits = field(default_factory=Limits)
-    srv: tuple[str, ...] | None = None  # SRV services published for it; None: from kinds/port
+    name: str = _k(ios="ip slb vserver NAME", doc="The vserver's name, for `show` and the logs.")
+    virtual: Address = _k(ios="virtual IP tcp PORT", type="string (ip:port)", doc=(  # noqa: RUF009
+        "`ip:port` or `[ipv6]:port` to listen on."))
+    mode: str = _k(MODES[0], doc=(
+        "`starttls`: read the stream header and follow STARTTLS. `directtls`: read the "
+        "ClientHello (routed by SNI and ALPN). `both`: serve both on one port: the client's "
+        "first byte decides (`0x16` is direct TLS, sent to each real's `directtls_port`; `<`, "
+        "whitespace or a byte order mark is an XML stream)."))
+    serverfarm: str | None = _k(None, ios="serverfarm NAME", shown="required unless routes are "
+                                "given", doc="The default farm.")
+    inservice: bool = _k(True, ios="inservice / no inservice", doc=(
+        "`false`: the vserver does not listen."))
+    require_starttls: bool = _k(False, doc=(
+        "On `starttls` and `both` vservers. Before TLS the client may send only `<starttls/>` "
+        "and whitespace: any other element (SASL `<auth>`, a stanza, dialback) is refused, so "
+        "credentials never cross the gateway in the clear."))
+    kinds: tuple[str, ...] = _k(("c2s", "s2s"), doc=(
+        "The stream kinds accepted; another kind gets `<invalid-namespace/>`. Add "
+        "`\"component\"` for XEP-0114."))
+    routes: tuple[Route, ...] = _k((), toml="route", type="array of tables", shown="none",
+                                   doc=("`[[vserver.route]]`: send some streams to another "
+                                        "farm than the default."))
+    header_timeout: float = _k(HEADER_TIMEOUT, unit="s", shown=_FROM_GATEWAY, doc=(
+        "This vserver's `header_timeout`."))
+    negotiation_timeout: float = _k(NEGOTIATION_TIMEOUT, unit="s", shown=_FROM_GATEWAY, doc=(
+        "This vserver's `negotiation_timeout`: from accept until the stream goes opaque."))
+    max_header_bytes: int = _k(MAX_HEADER_BYTES, unit="bytes", shown=_FROM_GATEWAY, doc=(
+        "This vserver's `max_header_bytes`."))
+    max_hello_bytes: int = _k(MAX_HELLO_BYTES, unit="bytes", shown=_FROM_GATEWAY, doc=(
+        "This vserver's `max_hello_bytes`."))
+    accept_proxy: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _k(
+        (), type="array of strings (networks)", doc=(
+            "Networks (`\"10.0.0.0/8\"`, `\"192.0.2.7\"`) of upstream balancers whose "
+            "connections start with a PROXY v1/v2 header. From them the header is required and "
+            "names the client; from anyone else a header is not believed (it is read as XML "
+            "and gets `<not-well-formed/>`)."))
+    limits: Limits = _k(factory=Limits, type="table", shown="see below",  # noqa: RUF009
+                        ios="synguard, maxconns", doc=(
+        "`[vserver.limits]`: admission limits, counted from accept."))
+    srv: tuple[str, ...] | None = _k(None, shown="from `kinds` and the port", doc=(
+        "The SRV services this vserver is published under (`_xmpp-client._tcp`, "
+        "`_xmpps-client._tcp`, `_xmpp-server._tcp`, `_xmpps-server._tcp`); `[]`: none."))
 
     def farm_for(self, kind: str | None, domain: str | None) -> str | None:
         """First matching route wins, then the default farm; None means no farm serves it."""
@@ -283,11 +472,18 @@ class VserverConfig:
 class SrvUpdate:
     """RFC 2136 updates to a primary the operator runs (BIND, Knot, PowerDNS)."""
 
-    server: Address                 # the primary; port 53 unless given
-    key_file: str | None = None     # a `tsig-keygen` key file (key "name" { algorithm; secret; })
-    coalesce: float = 1.0           # changes within this window go out as one update
-    retry_min: float = 1.0          # backoff when the primary does not answer ...
-    retry_max: float = 60.0         # ... doubling up to this
+    server: Address = _k(type="string (address)", doc=(  # noqa: RUF009
+        "The primary, `ip` or `ip:port` (port 53 unless given)."))
+    key_file: str | None = _k(None, type="string (path)", doc=(
+        "A `tsig-keygen` key file. Without it the updates are unsigned, which suits only a "
+        "primary that allows updates by address."))
+    coalesce: float = _k(1.0, unit="s", doc=(
+        "From the first unsent change until the update goes out. Every change in that window "
+        "goes in the same update, and only the net difference is sent."))
+    retry_min: float = _k(1.0, unit="s", doc=(
+        "The backoff after a failed update starts here and doubles up to `retry_max`. A "
+        "success resets it."))
+    retry_max: float = _k(60.0, unit="s", doc="The longest backoff after failed updates.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,20 +492,31 @@ class SrvConfig:
 
     Names are absolute, lower case, without the trailing dot."""
 
-    zones: tuple[str, ...]
-    listen: Address | None = None          # the embedded authoritative server (UDP and TCP)
-    ttl: int = 30
-    target: str = "xmpp"                   # the gateway's host: a label under each zone, or a
-                                           # full name ending in "."
-    addresses: tuple[str, ...] = ()        # its A/AAAA; empty: the vservers' virtual addresses
-    gateway_priority: int = 10
-    publish_reals: bool = True             # reals in service as lower-priority fallbacks
-    real_priority: int = 20
-    real_hosts: tuple[tuple[str, str], ...] = ()  # (real address, host name); default
-                                                  # real-<address with dashes>.<zone>
-    ns: tuple[str, ...] = ()               # NS names at the apex; default ns.<zone> (the
-                                           # embedded server's listen address as its A)
-    update: SrvUpdate | None = None
+    zones: tuple[str, ...] = _k(shown="the exact names of `gateway.domains`",
+                                doc="The zones answered for.")
+    listen: Address | None = _k(None, type="string (ip:port)", doc=(  # noqa: RUF009
+        "`ip:port` of the embedded authoritative server (UDP and TCP). Port 53 needs root or "
+        "`CAP_NET_BIND_SERVICE`. Give `listen`, `[srv.update]` or both."))
+    ttl: int = _k(30, unit="s", doc="TTL of every record, and the negative-caching time.")
+    target: str = _k("xmpp", doc=(
+        "The gateway's host name: a label under each zone, or a full name ending in `.`."))
+    addresses: tuple[str, ...] = _k((), shown="the vservers' virtual addresses", doc=(
+        "The A/AAAA of the gateway's target, e.g. the public addresses in front of a NAT."))
+    gateway_priority: int = _k(10, doc=(
+        "SRV priority of the gateway's records. Clients try the lowest number first."))
+    publish_reals: bool = _k(True, doc=(
+        "Publish the reals in service as lower-priority fallbacks. Their farms are then "
+        "probed: one without probes gets an implicit `tcp` probe (see Health probes)."))
+    real_priority: int = _k(20, doc=(
+        "SRV priority of the reals' records; must be greater than `gateway_priority`."))
+    real_hosts: tuple[tuple[str, str], ...] = _k(
+        (), type="table (address = host name)", shown="`real-<address>.<zone>`", doc=(
+            "`[srv.real_hosts]`: `\"127.0.2.1\" = \"node1.example.test\"` gives a real its "
+            "host name."))
+    ns: tuple[str, ...] = _k((), shown="`[\"ns.<zone>\"]`", doc=(
+        "The NS names at the apex (the embedded server's listen address as their A)."))
+    update: SrvUpdate | None = _k(None, type="table", doc=(  # noqa: RUF009
+        "`[srv.update]`: RFC 2136 updates to a primary you run (BIND, Knot, PowerDNS)."))
 
 
 @dataclass(frozen=True, slots=True)
