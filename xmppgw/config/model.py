@@ -305,7 +305,9 @@ class ServerfarmConfig:
         "`roundrobin` is smooth weighted round-robin, with no bursts to one real. "
         "`leastconns` picks the fewest active connections relative to the (slow-start) "
         "weight. `sourcehash` is a weighted rendezvous hash of the client's IP: a "
-        "reconnecting client lands on the same real."))
+        "reconnecting client lands on the same real (as XEP-0198 stream resumption needs), "
+        "two gateways with the same config agree without sharing state, and removing a real "
+        "moves only that real's clients."))
     connect_timeout: float = _k(CONNECT_TIMEOUT, unit="s", ios="the `reassign` SYNs",
                                 shown="`4`, from `[gateway]`", doc=(
         "How long one attempt on a real may wait for the TCP handshake: the SYN and Linux's "
@@ -422,16 +424,24 @@ class VserverConfig:
         "`ip:port` or `[ipv6]:port` to listen on."))
     mode: str = _k(MODES[0], doc=(
         "`starttls`: read the stream header and follow STARTTLS. `directtls`: read the "
-        "ClientHello (routed by SNI and ALPN). `both`: serve both on one port: the client's "
-        "first byte decides (`0x16` is direct TLS, sent to each real's `directtls_port`; `<`, "
-        "whitespace or a byte order mark is an XML stream)."))
+        "ClientHello. `both`: serve both on one port (as sslh or xmpp-proxy multiplex): the "
+        "client's first byte decides. `0x16` (a TLS handshake record) is direct TLS, routed by "
+        "SNI and ALPN to each real's direct-TLS port (`directtls_port`, 5223 by default); `<`, "
+        "whitespace or a UTF-8 byte order mark is an XML stream, routed as on a `starttls` "
+        "vserver to the vserver's port (or the real's own); any other byte is read as XML and "
+        "gets `<not-well-formed/>`. Before the first byte (a limit, a timeout) it answers in "
+        "XML. On a single-mode vserver the other protocol gets an answer it can read: a "
+        "ClientHello on `starttls` a fatal `unexpected_message` alert, an XML stream on "
+        "`directtls` `<policy-violation/>` whose text names the port STARTTLS is on."))
     serverfarm: str | None = _k(None, ios="serverfarm NAME", shown="required unless routes are "
                                 "given", doc="The default farm.")
     inservice: bool = _k(True, ios="inservice / no inservice", doc=(
         "`false`: the vserver does not listen."))
     require_starttls: bool = _k(False, doc=(
         "On `starttls` and `both` vservers. Before TLS the client may send only `<starttls/>` "
-        "and whitespace: any other element (SASL `<auth>`, a stanza, dialback) is refused, so "
+        "and whitespace: any other element (SASL `<auth>`, SASL2, `jabber:iq:auth`, a stanza, "
+        "dialback) is refused as its start tag completes, and so is any byte after "
+        "`<starttls/>` before the server's `<proceed/>` (`<policy-violation/>`), so "
         "credentials never cross the gateway in the clear."))
     kinds: tuple[str, ...] = _k(("c2s", "s2s"), doc=(
         "The stream kinds accepted; another kind gets `<invalid-namespace/>`. Add "
@@ -455,7 +465,8 @@ class VserverConfig:
             "and gets `<not-well-formed/>`)."))
     limits: Limits = _k(factory=Limits, type="table", shown="see below",  # noqa: RUF009
                         ios="synguard, maxconns", doc=(
-        "`[vserver.limits]`: admission limits, counted from accept."))
+        "`[vserver.limits]`: admission limits, counted from accept. Refusals are logged at "
+        "most once a second (`limit_refused`, with a count)."))
     srv: tuple[str, ...] | None = _k(None, shown="from `kinds` and the port", doc=(
         "The SRV services this vserver is published under (`_xmpp-client._tcp`, "
         "`_xmpps-client._tcp`, `_xmpp-server._tcp`, `_xmpps-server._tcp`); `[]`: none."))
