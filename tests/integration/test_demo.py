@@ -31,6 +31,24 @@ def load_demo():  # scripts/ is not a package
     return module
 
 
+def leftovers(workdir: Path) -> list[str]:
+    """Processes the demo started that still run: its gateway and spare node (their command
+    lines name files in `workdir`) and its client processes (scripts/demo_clients.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
+        if state != "Z" and (str(workdir) in cmdline or "demo_clients.py" in cmdline):
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
 @pytest.mark.timeout(240)
 def test_demo_scenario_quick_plain(servers: Servers, capsys: pytest.CaptureFixture[str]) -> None:
     demo = load_demo()
@@ -44,6 +62,7 @@ def test_demo_scenario_quick_plain(servers: Servers, capsys: pytest.CaptureFixtu
         if not beam_pids(node):  # the scenario restarts it; make sure, for the next tests
             servers.ejabberd.start_node(demo.KILLED_INDEX)
         shutil.rmtree(workdir, ignore_errors=True)
+    assert leftovers(workdir) == [], "the demo left processes running"
     out = capsys.readouterr().out
     assert "demo summary: failed logins: 0" in out, out[-3000:]
     assert set(servers.ejabberd.list_cluster(demo.KILLED_INDEX)) \
