@@ -587,7 +587,28 @@ def leftovers(workdir: Path) -> list[str]:
     return found
 
 
+def main_only_rss(args: argparse.Namespace, workdir: Path) -> int:
+    """`--only rss`: the RSS-per-idle-stream figure for xmppgw alone, `rounds` fresh proxies,
+    printed (no results files written)."""
+    accepted, _ = workers_accepted(workdir, args.workers)
+    workers = args.workers if accepted else 1
+    per_round = []
+    with contextlib.ExitStack() as stack:
+        setup = Setup(workdir, workers, accepted, stack)
+        setup.backends(bulk=False)
+        for r in range(args.rounds):
+            out = measure_rss(setup, "xmppgw")
+            per_round.append(out)
+            log(f"rss round {r + 1}/{args.rounds}: "
+                + ", ".join(f"{n // 1000}k {kib:.3f}" for n, kib in out.items()) + " KiB/stream")
+    print(json.dumps({"rss_kib_per_stream": [{str(n): round(k, 3) for n, k in o.items()}
+                                             for o in per_round]}))
+    return 0
+
+
 def main_bench(args: argparse.Namespace, workdir: Path) -> int:
+    if args.only == "rss":
+        return main_only_rss(args, workdir)
     RESULTS.mkdir(exist_ok=True)
     accepted, message = workers_accepted(workdir, args.workers)
     workers = args.workers if accepted else 1
@@ -786,6 +807,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="xmppgw workers and HAProxy threads (default 1)")
     parser.add_argument("--seconds", type=float, default=10, help="profile: load duration")
+    parser.add_argument("--only", choices=["rss"],
+                        help="bench: only this figure, for xmppgw (rss: RSS per idle stream)")
     args = parser.parse_args()
     # a TERM (or ^C) unwinds through every finally: no process is left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

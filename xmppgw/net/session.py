@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 # Kept importable from here: tests and tools read them as session constants.
 from xmppgw.connection import LINGER_BYTES, LINGER_TIME, MAX_CONNECT_BUFFER  # noqa: F401
 
+# The attempts of a session with none in flight: one shared empty dict (only `_dial` adds
+# to a session's own), so an idle relayed stream carries no dict of its own.
+_NO_LEGS: dict[int, UpstreamLeg] = {}
+
 
 class ClientSession(asyncio.Protocol):
     """The accepted client connection: its transport, its attempts and relay legs, its
@@ -67,7 +71,7 @@ class ClientSession(asyncio.Protocol):
         self.conn = ClientConnection(host, vserver, self, host.metrics is not None)
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamLeg | None = None
-        self.legs: dict[int, UpstreamLeg] = {}  # attempts in flight, by attempt id
+        self.legs: dict[int, UpstreamLeg] = _NO_LEGS  # attempts in flight, by attempt id
         self.relay: SpliceRelay | None = None  # the zero-copy relay, once handed over
         self.timer: asyncio.TimerHandle | None = None
         self.splice_wanted = False
@@ -273,6 +277,8 @@ class ClientSession(asyncio.Protocol):
 
     def _dial(self, dial: Dial) -> None:
         leg = UpstreamLeg(self, dial.attempt, dial.real)
+        if self.legs is _NO_LEGS:
+            self.legs = {}
         self.legs[dial.attempt] = leg
         leg.task = self.loop.create_task(self._open(leg, dial.host, dial.port))
 
@@ -281,7 +287,7 @@ class ClientSession(asyncio.Protocol):
         leg = self.legs.pop(attempt)
         for other in self.legs.values():
             other.abort()
-        self.legs.clear()
+        self.legs = _NO_LEGS
         self.upstream = leg
 
     def _half_close(self, side: str) -> None:
@@ -301,7 +307,7 @@ class ClientSession(asyncio.Protocol):
         self.splice_wanted = False
         for leg in self.legs.values():
             leg.abort()
-        self.legs.clear()
+        self.legs = _NO_LEGS
         if self.relay is not None:
             self.relay.close()  # reports the end through _splice_ended
         transport = self.transport
@@ -348,6 +354,9 @@ class ClientSession(asyncio.Protocol):
                                  self._splice_ended)
         client_t.abort()  # the transports let go of their descriptors, not the sockets
         upstream_t.abort()  # type: ignore[union-attr]
+        # Retired: an idle spliced stream keeps neither transport nor the upstream leg alive.
+        self.transport = None
+        upstream.transport = None
         self.relay.start()
 
     def _splice_ended(self, relay: SpliceRelay) -> None:
