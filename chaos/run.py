@@ -1,0 +1,382 @@
+"""`python -m chaos run [--quick] [--scenario NAME ...]`: the chaos suite's runner.
+
+It starts the harness's real servers (tests/harness: a 3-node ejabberd cluster, Prosody, a DNS
+stub), the topology of chaos/topology.py (toxiproxy between the gateway and each real) and a
+population of slixmpp clients that log in (STARTTLS on 5222, direct TLS on 5223), ping every
+second (XEP-0199) and log in again with backoff when cut (scripts/demo.py's DemoClients), plus
+a trickle of short logins (scripts/demo.py's Churn): the "new logins". Then it plays the
+scenarios of chaos/scenarios.py one after the other, each with asserted outcomes, printing a
+table row as each ends; the table goes to chaos/results/ as Markdown and JSON with the date and
+the machine. A failed assertion makes the run exit 1.
+
+`run_suite(servers, workdir, ...)` takes a running `Servers`, so
+tests/integration/test_chaos.py runs the quick version against the test session's servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Self
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from chaos.topology import VIP, Real, Toxics, gateway_config, reals
+from tests.harness.servers import Servers
+from tests.support.gateway import GatewayProcess
+from tests.support.storm import source_addresses
+
+RESULTS = ROOT / "chaos" / "results"
+COLUMNS = ("scenario", "logins tried", "failed", "sessions cut",
+           "median / p99 time to log in again (s)", "gateway errors logged", "outcome")
+
+
+def load_demo() -> ModuleType:
+    """scripts/demo.py (not a package): its client population, churn and gateway watch."""
+    name = "xmppgw_demo"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "demo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Sizes:
+    clients: int
+    processes: int  # STARTTLS client processes (direct TLS: one)
+    churn_interval: float
+    window: float  # how long a toxic stays
+    settle: float
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(clients=24, processes=2, churn_interval=0.25, window=8.0, settle=2.0)
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(clients=150, processes=4, churn_interval=0.1, window=20.0, settle=5.0)
+
+
+@dataclass
+class Result:
+    scenario: str
+    logins_tried: int = 0
+    failed: int = 0
+    sessions_cut: int = 0
+    relogin_median_s: float | None = None
+    relogin_p99_s: float | None = None
+    gateway_errors: int = 0
+    ok: bool = False
+    checks: list[str] = field(default_factory=list)  # each asserted outcome, with its figures
+    failures: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def check(self, ok: bool, text: str) -> None:
+        self.checks.append(("ok: " if ok else "FAILED: ") + text)
+        if not ok:
+            self.failures.append(text)
+
+    def row(self) -> list[str]:
+        def s(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}"
+        return [self.scenario, str(self.logins_tried), str(self.failed), str(self.sessions_cut),
+                f"{s(self.relogin_median_s)} / {s(self.relogin_p99_s)}",
+                str(self.gateway_errors), "ok" if self.ok else "FAILED"]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.1)
+    return result
+
+
+class Lab:
+    """The running topology: toxiproxy, gateway, clients, churn; and what they said."""
+
+    def __init__(self, servers: Servers, workdir: Path, sizes: Sizes, vip: str = VIP,
+                 say: Callable[[str], None] = print) -> None:
+        self.servers, self.workdir, self.sizes, self.vip = servers, workdir, sizes, vip
+        self.say = say
+        self.demo = load_demo()
+        self.reals: list[Real] = reals(servers)
+        self.stack = ExitStack()
+        self._stop = threading.Event()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.stack.close()
+
+    def _start(self) -> None:
+        demo, sizes = self.demo, self.sizes
+        self.toxics = Toxics(self.servers).start()
+        self.stack.callback(self.toxics.stop)
+        control = self.workdir / "ctl" / "xmppgw.sock"
+        control.parent.mkdir(parents=True, exist_ok=True)
+        self.gateway = GatewayProcess(gateway_config(self.servers, control, self.vip),
+                                      self.workdir, "xmppgw").start()
+        self.stack.callback(self.gateway.stop)
+        self.watch = demo.GatewayWatch(self.gateway, str(control))
+        starttls = sizes.clients * 2 // 3
+        common = {"host": self.vip, "domain": self.servers.ejabberd_domain,
+                  "password": self.servers.password, "user_prefix": "user",
+                  "resource": "chaos", "mode": "stay", "sources": source_addresses(12),
+                  "attempt_timeout": 20.0}
+        self.populations = [
+            demo.DemoClients(self.workdir / "clients-5222", first=0, port=5222,
+                             clients=starttls, processes=sizes.processes, **common),
+            demo.DemoClients(self.workdir / "clients-5223", first=starttls, port=5223,
+                             direct_tls=True, clients=sizes.clients - starttls, processes=1,
+                             **common),
+        ]
+        for population in self.populations:
+            population.start()
+            self.stack.callback(population.quit)
+        self.churn = demo.Churn(self.servers, self.vip, interval=sizes.churn_interval)
+        self.figures = demo.Figures(self.populations, self.churn)
+        poller = threading.Thread(target=self._poll, daemon=True)
+        poller.start()
+        self.stack.callback(poller.join, 5)
+        self.stack.callback(self._stop.set)
+        self.say(f"gateway up on {self.vip} (pid {self.gateway.pid}), toxiproxy at "
+                 f"{self.toxics.url}, reals {', '.join(r.address for r in self.reals)}")
+        began = time.time()
+        for population in self.populations:
+            population.go()
+        wait_for(self.figures.all_up, 90, "every client logged in")
+        self.say(f"{sizes.clients} clients logged in in {time.time() - began:.1f} s "
+                 f"({starttls} STARTTLS on 5222, {sizes.clients - starttls} direct TLS on 5223)")
+        self.churn.start()
+        self.stack.callback(self.churn.stop)
+
+    def _poll(self) -> None:
+        last_status = 0.0
+        while not self._stop.is_set():
+            self.watch.poll_log()
+            self.watch.poll_show()
+            if time.monotonic() - last_status >= 5:
+                last_status = time.monotonic()
+                self.say("  status: " + self.status())
+            self._stop.wait(0.5)
+
+    def status(self) -> str:
+        f = self.figures.now()
+        states = " ".join(f"{r.address}={self.watch.state(r.address) or '?'}"
+                          for r in self.reals)
+        return (f"clients {f['connected']}/{self.figures.total()} up; failed logins "
+                f"{f['failed_logins']}; cuts {f['cuts']}; {states}")
+
+    # --- figures since a moment -------------------------------------------------------------
+
+    def records(self, event: str, since: float) -> list[dict[str, Any]]:
+        return [r for r in self.figures.records(event) if r["t"] >= since]
+
+    def mark(self) -> int:
+        """A place in the gateway's log: records after it are `gateway_since(mark)`."""
+        self.watch.poll_log()
+        with self.watch.lock:
+            return len(self.watch.records)
+
+    def gateway_since(self, mark: int, event: str | None = None) -> list[dict[str, Any]]:
+        self.watch.poll_log()
+        with self.watch.lock:
+            records = self.watch.records[mark:]
+        return [r for r in records if event is None or r.get("event") == event]
+
+    def gateway_errors(self, mark: int) -> list[dict[str, Any]]:
+        """Log lines at error level or above, and stream errors sent to clients."""
+        return [r for r in self.gateway_since(mark)
+                if str(r.get("level", "")).lower() in ("error", "critical")
+                or (r.get("event") == "connection" and r.get("error") not in (None, "drained"))]
+
+    def relogin_times(self, since: float) -> list[float]:
+        """For every session cut since `since`: seconds until that client logged in again."""
+        ups: dict[int, list[float]] = {}
+        for r in self.records("up", since):
+            ups.setdefault(r["client"], []).append(r["t"])
+        out = []
+        for r in self.records("down", since):
+            later = [t for t in ups.get(r["client"], []) if t >= r["t"]]
+            if later:
+                out.append(min(later) - r["t"])
+        return out
+
+    def fill(self, result: Result, since: float, mark: int) -> None:
+        """The table's figures for the window since `since`."""
+        ups, fails = self.records("up", since), self.records("fail", since)
+        churn_ok = [t for t in self.churn.ok if t >= since]
+        churn_failed = [(t, why) for t, why in self.churn.failed if t >= since]
+        result.logins_tried = len(ups) + len(fails) + len(churn_ok) + len(churn_failed)
+        result.failed = len(fails) + len(churn_failed)
+        result.sessions_cut = len(self.records("down", since))
+        times = self.relogin_times(since)
+        result.relogin_median_s = round(statistics.median(times), 3) if times else None
+        result.relogin_p99_s = round(percentile(times, 0.99) or 0.0, 3) if times else None
+        errors = self.gateway_errors(mark)
+        result.gateway_errors = len(errors)
+        result.details["failed_reasons"] = sorted(
+            {str(r.get("reason"))[:120] for r in fails} | {why[:120] for _, why in churn_failed})
+        result.details["gateway_errors"] = [
+            {k: v for k, v in r.items() if k in ("event", "level", "error", "real", "message")}
+            for r in errors[:10]]
+
+    def real_states(self, real: Real, mark: int = 0) -> list[str]:
+        """The real's state changes logged since `mark`."""
+        return [r["new"] for r in self.gateway_since(mark, "real_state")
+                if r.get("real") == real.address]
+
+    def operational(self) -> bool:
+        return all(self.watch.state(r.address) == "OPERATIONAL" for r in self.reals[:3])
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count()}
+
+
+def print_row(cells: Sequence[str]) -> None:
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def markdown(results: list[Result], meta: dict[str, Any]) -> str:
+    about = (f"Machine: {meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs, "
+             f"Python {meta['machine']['python']}. Mode: {meta['mode']} "
+             f"({meta['clients']} clients). Outcome: {'ok' if meta['ok'] else 'FAILED'}.")
+    lines = [f"# Chaos suite run, {meta['date']}", "", about, "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r.row()) + " |" for r in results]
+    lines.append("")
+    for r in results:
+        lines.append(f"## {r.scenario}")
+        lines.append("")
+        lines += [f"- {c}" for c in r.checks]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(results: list[Result], meta: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"chaos-{meta['date'].replace(':', '').replace('-', '')}-{meta['mode']}"
+    (directory / f"{stem}.json").write_text(json.dumps(
+        {**meta, "results": [asdict(r) for r in results]}, indent=2, default=str) + "\n")
+    path = directory / f"{stem}.md"
+    path.write_text(markdown(results, meta))
+    return path
+
+
+def run_suite(servers: Servers, workdir: Path, *, quick: bool = False,
+              scenarios: Sequence[str] = (), results_dir: Path = RESULTS,
+              vip: str = VIP) -> tuple[list[Result], Path]:
+    """Play `scenarios` (default: all, in order) against running `servers`; returns the
+    results and the Markdown file written. The cluster is left as it was found (a killed
+    node is restarted)."""
+    from chaos.scenarios import SCENARIOS
+
+    names = list(scenarios) or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
+    names = [n for n in SCENARIOS if n in names]  # the suite's order
+    sizes = Sizes.quick() if quick else Sizes.full()
+    began = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"chaos [{time.monotonic() - began:6.1f}s] {text}", flush=True)
+
+    results: list[Result] = []
+    with Lab(servers, workdir, sizes, vip, say) as lab:
+        print_row(COLUMNS)
+        for name in names:
+            say(f"== {name}: {SCENARIOS[name].__doc__.strip().splitlines()[0]}")
+            result = Result(name)
+            t0 = time.monotonic()
+            try:
+                SCENARIOS[name](lab, result)
+            except Exception as exc:  # noqa: BLE001 - a scenario that breaks fails, the run goes on
+                result.check(False, f"the scenario raised {type(exc).__name__}: {exc}")
+            result.seconds = round(time.monotonic() - t0, 1)
+            result.ok = not result.failures
+            for c in result.checks:
+                say(f"  {c}")
+            print_row(result.row())
+            results.append(result)
+    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine(), "mode": "quick" if quick else "full",
+            "clients": sizes.clients, "seconds": round(time.monotonic() - began, 1),
+            "ok": all(r.ok for r in results)}
+    path = write_results(results, meta, results_dir)
+    say(f"results: {path} (and .json)")
+    return results, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the servers and play the scenarios")
+    run.add_argument("--quick", action="store_true", help="small population, short windows")
+    run.add_argument("--scenario", action="append", default=[], metavar="NAME",
+                     help="play only this scenario (repeatable)")
+    run.add_argument("--results", type=Path, default=RESULTS, help="where the tables go")
+    args = parser.parse_args(argv)
+
+    from tests.harness.fixtures import make_base_dir
+
+    base = make_base_dir()  # traversable by the ejabberd and prosody users
+    print(f"chaos: starting a 3-node ejabberd cluster, Prosody and a DNS stub under {base}",
+          flush=True)
+    try:
+        with Servers(base) as servers:
+            results, _ = run_suite(servers, base / "chaos", quick=args.quick,
+                                   scenarios=args.scenario, results_dir=args.results)
+    except KeyboardInterrupt:
+        print("chaos: interrupted", flush=True)
+        return 130
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    failed = [r.scenario for r in results if not r.ok]
+    print(f"chaos: {'FAILED: ' + ', '.join(failed) if failed else 'every outcome held'}",
+          flush=True)
+    return 1 if failed else 0
