@@ -37,3 +37,15 @@ def test_no_module_of_xmppgw_imports_itself_back() -> None:
             if back is not None:
                 cycles.append(" -> ".join((module, *back)))
     assert cycles == []
+
+
+def test_no_two_modules_import_each_other_even_for_type_checking() -> None:
+    """A pair that imports each other only under `if TYPE_CHECKING:` still reads as one
+    module in two files: the parts of the gateway see it through `net/core.py`'s Protocol
+    instead of importing `net/gateway.py`."""
+    graph = grimp.build_graph("xmppgw", exclude_type_checking_imports=False, cache_dir=None)
+    pairs = sorted({tuple(sorted((module, imported)))
+                    for module in graph.modules
+                    for imported in graph.find_modules_directly_imported_by(module)
+                    if module in graph.find_modules_directly_imported_by(imported)})
+    assert pairs == []

@@ -20,7 +20,7 @@ from xmppgw.net.reload import ReloadRefused
 from xmppgw.net.view import take_snapshot
 
 if TYPE_CHECKING:
-    from xmppgw.net.gateway import Gateway
+    from xmppgw.net.core import GatewayCore
     from xmppgw.net.listeners import VserverRuntime
 
 ADMIN_TICK = 0.25  # seconds between looks at operator commands (other workers) and drains
@@ -38,7 +38,7 @@ def drain_left(until: float | None, wall: float) -> float | None:
 
 
 class Operator:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayCore) -> None:
         self.gateway = gateway
         self._admin_seen = -1
         self._vservers_seen = -1

@@ -21,7 +21,7 @@ from xmppgw.slb.farm import Serverfarm
 
 if TYPE_CHECKING:
     from xmppgw.config import Config, ServerfarmConfig
-    from xmppgw.net.gateway import Gateway
+    from xmppgw.net.core import GatewayCore
 
 RealKey = tuple[str, str]  # (serverfarm, real address as `show` prints it)
 
@@ -136,7 +136,7 @@ def _probes_of(config: Config) -> list[Any]:
             for f in config.serverfarms]
 
 
-async def apply(gateway: Gateway, plan: ReloadPlan, config: Config, now: float) -> None:
+async def apply(gateway: GatewayCore, plan: ReloadPlan, config: Config, now: float) -> None:
     """Carry `plan` (from `diff(gateway.config, config)`) out on the running gateway; `now`
     is the loop's clock. The shared tables already have rows for `config`."""
     rows, admin = gateway.rows, gateway.admin

@@ -17,11 +17,11 @@ from xmppgw.control.snapshot import (
 )
 
 if TYPE_CHECKING:
-    from xmppgw.net.gateway import Gateway
+    from xmppgw.net.core import GatewayCore
     from xmppgw.slb.farm import Real, Serverfarm
 
 
-def take_snapshot(gw: Gateway, now: float, conns: bool = False) -> GatewaySnapshot:
+def take_snapshot(gw: GatewayCore, now: float, conns: bool = False) -> GatewaySnapshot:
     """Every vserver, farm and real at loop time `now`; with `conns`, the connections."""
     for farm in gw.farms.values():
         gw.sync_peers(farm)
@@ -41,7 +41,7 @@ def take_snapshot(gw: Gateway, now: float, conns: bool = False) -> GatewaySnapsh
     return GatewaySnapshot(vservers, farms, connections(gw, now), note)
 
 
-def _farm(gw: Gateway, farm: Serverfarm, now: float, wall: float) -> FarmSnapshot:
+def _farm(gw: GatewayCore, farm: Serverfarm, now: float, wall: float) -> FarmSnapshot:
     users = [vs for vs in gw.listeners.listening() if (
         vs.config.serverfarm == farm.name
         or any(r.serverfarm == farm.name for r in vs.config.routes))]
@@ -55,7 +55,8 @@ def _farm(gw: Gateway, farm: Serverfarm, now: float, wall: float) -> FarmSnapsho
         reals=tuple(_real(gw, farm, real, now, wall) for real in farm.reals))
 
 
-def _real(gw: Gateway, farm: Serverfarm, real: Real, now: float, wall: float) -> RealSnapshot:
+def _real(gw: GatewayCore, farm: Serverfarm, real: Real, now: float,
+          wall: float) -> RealSnapshot:
     probes = () if gw.health is None else tuple(
         ProbeSnapshot.from_json(p) for p in gw.health.describe(farm.name, real.name, now, wall))
     return RealSnapshot(
@@ -67,7 +68,7 @@ def _real(gw: Gateway, farm: Serverfarm, real: Real, now: float, wall: float) ->
         probes=probes)
 
 
-def connections(gw: Gateway, now: float) -> tuple[ConnSnapshot, ...]:
+def connections(gw: GatewayCore, now: float) -> tuple[ConnSnapshot, ...]:
     """This worker's client connections, oldest first, for `show conns`."""
     return tuple(ConnSnapshot(vserver=s.vserver.name, client=s.client,
                               real=s.real.name if s.real else None, kind=s.conn.kind,
