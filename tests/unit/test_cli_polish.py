@@ -9,31 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.configs import MINIMAL, refused
 from xmppgw import cli, config
-from xmppgw.config import ConfigError
 from xmppgw.config.reference import render
-
-MINIMAL = """\
-[gateway]
-domains = ["example.test"]
-
-[[vserver]]
-name = "V"
-virtual = "127.0.0.1:5222"
-serverfarm = "F"
-
-[[serverfarm]]
-name = "F"
-
-[[serverfarm.real]]
-address = "127.0.0.2"
-"""
-
-
-def refused(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config.loads(text, "test.toml")
-    return info.value.problems
 
 
 def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:

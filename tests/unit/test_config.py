@@ -8,35 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.configs import MINIMAL, refused
 from xmppgw import config
 from xmppgw.config import Address, ConfigError, parse_address
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "tests" / "data" / "seed-config.toml"  # the seed article's config, as written
 SHIPPED = ROOT / "conf" / "seed.toml"
-
-MINIMAL = """\
-[gateway]
-domains = ["example.test"]
-
-[[vserver]]
-name = "V"
-virtual = "127.0.0.1:5222"
-serverfarm = "F"
-
-[[serverfarm]]
-name = "F"
-
-[[serverfarm.real]]
-address = "127.0.0.2"
-"""
-
-
-def refused(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config.loads(text, "test.toml")
-    return info.value.problems
-
 
 def test_seed_config_loads_as_it_is() -> None:
     cfg = config.load(SEED)
