@@ -16,7 +16,6 @@ tests/integration/test_chaos.py runs the quick version against the test session'
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import importlib.util
 import json
@@ -40,7 +39,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chaos.topology import VIP, Real, Toxics, gateway_config, reals
-from tests.harness.client import xmpp_session
 from tests.harness.servers import Servers
 from tests.support.gateway import GatewayProcess
 from tests.support.storm import source_addresses
@@ -126,49 +124,13 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     return result
 
 
-def arrivals_class() -> type:
-    demo = load_demo()
-
-    class Arrivals(demo.Churn):  # type: ignore[misc, name-defined]
-        """scripts/demo.py's Churn (log in, ping, log out), but open-loop: `rate` new logins a
-        second however long each takes, as new users arrive (the demo's keeps 4 in flight, so
-        a slow real would slow the arrivals down), each with a resource of its own."""
-
-        def __init__(self, servers: Servers, vip: str, rate: float) -> None:
-            super().__init__(servers, vip, interval=1.0 / rate)
-            self.serial = 0
-
-        async def _one(self, user: str) -> None:
-            self.serial += 1
-            try:
-                async with xmpp_session(
-                        f"{self.servers.jid(user)}/arrival{self.serial}", self.servers.password,
-                        self.vip, 5222, timeout=20) as client:
-                    await client.plugin["xep_0199"].ping(jid=self.servers.ejabberd_domain,
-                                                         timeout=10)
-                self.ok.append(time.time())
-            except Exception as exc:  # noqa: BLE001 - a failed login is a figure
-                self.failed.append((time.time(), str(exc)[:200]))
-
-        async def _main(self) -> None:
-            tasks: set[asyncio.Task[None]] = set()
-            i = 0
-            while not self._stop.is_set():
-                if len(tasks) < 200:  # a bound, never reached unless logins hang
-                    task = asyncio.ensure_future(self._one(demo.CHURN_USERS[i % len(
-                        demo.CHURN_USERS)]))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    i += 1
-                await asyncio.sleep(self.interval)
-            if tasks:
-                await asyncio.wait(tasks, timeout=30)
-
-    return Arrivals
-
-
 def make_arrivals(servers: Servers, vip: str, rate: float) -> Any:
-    return arrivals_class()(servers, vip, rate)
+    """scripts/demo.py's Churn (log in, ping, log out), open-loop: `rate` new logins a
+    second however long each takes, as new users arrive (the demo's keeps 4 in flight, so a
+    slow real would slow the arrivals down); 200 in flight is a bound never reached unless
+    logins hang."""
+    return load_demo().Churn(servers, vip, interval=1.0 / rate, in_flight=200,
+                             login_timeout=20.0, ping_timeout=10.0, resource="arrival")
 
 
 class Lab:

@@ -92,31 +92,8 @@ class DemoClients(Storm):
     def __init__(self, workdir: Path, *, first: int, **kwargs: Any) -> None:
         super().__init__(workdir, **kwargs)
         self.first = first
-
-    def start(self, timeout: float = 60.0) -> DemoClients:
-        share, extra = divmod(self.clients, self.processes)
-        first = self.first
-        for n in range(self.processes):
-            count = share + (1 if n < extra else 0)
-            stderr = (self.workdir / f"client-{n}.stderr").open("w")
-            proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "scripts" / "demo_clients.py"), *self.argv_common,
-                 "--first", str(first), "--count", str(count)],
-                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                text=True, bufsize=1, start_new_session=True)  # Ctrl-C is ours to handle
-            stderr.close()
-            self.procs.append(proc)
-            thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-            first += count
-        try:
-            self.wait(lambda: len(self.records("ready")) == self.processes, timeout,
-                      "every client process loaded")
-        except BaseException:
-            self.quit()
-            raise
-        return self
+        self.client_command = [sys.executable, str(ROOT / "scripts" / "demo_clients.py")]
+        self.new_session = True  # Ctrl-C is ours to handle
 
     def quit(self, timeout: float = 10.0) -> None:
         super().quit(timeout)
@@ -124,12 +101,22 @@ class DemoClients(Storm):
 
 class Churn:
     """A trickle of short logins (log in, ping, log out) through the gateway: what brings a
-    real out of TESTING, and what lands on a real put in service."""
+    real out of TESTING, and what lands on a real put in service.
 
-    def __init__(self, servers: Servers, vip: str, interval: float = 0.5) -> None:
+    A new login starts every `interval` seconds while fewer than `in_flight` are under way:
+    the demo keeps 4, so a slow real slows the trickle; the chaos suite gives a bound that
+    is never reached, so new users arrive open-loop as real ones do. Each login has a
+    resource of its own; `login_timeout` and `ping_timeout` are seconds."""
+
+    def __init__(self, servers: Servers, vip: str, interval: float = 0.5, *,
+                 in_flight: int = 4, login_timeout: float = 15.0,
+                 ping_timeout: float = 5.0, resource: str = "churn") -> None:
         self.servers, self.vip, self.interval = servers, vip, interval
+        self.in_flight, self.resource = in_flight, resource
+        self.login_timeout, self.ping_timeout = login_timeout, ping_timeout
         self.ok: list[float] = []
         self.failed: list[tuple[float, str]] = []
+        self._serial = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
@@ -144,11 +131,13 @@ class Churn:
         self._thread.join(25)
 
     async def _one(self, user: str) -> None:
+        self._serial += 1
+        jid = f"{self.servers.jid(user)}/{self.resource}{self._serial}"
         try:
-            async with xmpp_session(self.servers.jid(user) + "/churn", self.servers.password,
-                                    self.vip, 5222, timeout=15) as client:
+            async with xmpp_session(jid, self.servers.password, self.vip, 5222,
+                                    timeout=self.login_timeout) as client:
                 await client.plugin["xep_0199"].ping(jid=self.servers.ejabberd_domain,
-                                                     timeout=5)
+                                                     timeout=self.ping_timeout)
             self.ok.append(time.time())
         except Exception as exc:  # noqa: BLE001 - a failed login is a figure
             self.failed.append((time.time(), str(exc)[:200]))
@@ -157,14 +146,14 @@ class Churn:
         tasks: set[asyncio.Task[None]] = set()
         i = 0
         while not self._stop.is_set():
-            if len(tasks) < 4:
+            if len(tasks) < self.in_flight:
                 task = asyncio.ensure_future(self._one(CHURN_USERS[i % len(CHURN_USERS)]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 i += 1
             await asyncio.sleep(self.interval)
         if tasks:
-            await asyncio.wait(tasks, timeout=20)
+            await asyncio.wait(tasks, timeout=max(20.0, self.login_timeout + 10))
 
 
 # --- what the gateway says ----------------------------------------------------------------------

@@ -58,21 +58,26 @@ class Storm:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.started_at: float | None = None  # wall clock of `go`
+        self.first = 0  # the first account number
+        # The client process, and whether it runs in a session of its own (so a Ctrl-C
+        # reaches only the caller, which then stops the clients itself).
+        self.client_command: list[str] = [sys.executable, "-m", "tests.support.storm_client"]
+        self.new_session = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> Self:
         """Start the processes and wait until every one is loaded and waiting for `go`."""
         share, extra = divmod(self.clients, self.processes)
-        first = 0
+        first = self.first
         for n in range(self.processes):
             count = share + (1 if n < extra else 0)
             stderr = (self.workdir / f"client-{n}.stderr").open("w")
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.storm_client", *self.argv_common,
+                [*self.client_command, *self.argv_common,
                  "--first", str(first), "--count", str(count)],
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                text=True, bufsize=1)
+                text=True, bufsize=1, start_new_session=self.new_session)
             stderr.close()
             self.procs.append(proc)
             thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
