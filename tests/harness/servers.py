@@ -24,6 +24,7 @@ from typing import Any, Self
 
 from .dnsstub import DnsStub
 from .ejabberd import EJABBERD_DEFAULT, EjabberdCluster
+from .lock import HarnessLock
 from .proc import parallel
 from .prosody import Prosody
 
@@ -99,6 +100,7 @@ class Servers:
         self.prosody_users: dict[str, str] = {u: PASSWORD for u in PROSODY_USERS}
         self.startup_seconds: float | None = None
         self.timings: dict[str, float] = {}
+        self._lock = HarnessLock()
 
     # ----- addresses and names ------------------------------------------------------------
 
@@ -140,7 +142,13 @@ class Servers:
     # ----- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> Servers:
-        """Start the three parts in parallel threads; on failure stop everything, re-raise."""
+        """Start the three parts in parallel threads; on failure stop everything, re-raise.
+
+        Waits first for any other harness on this machine to stop (tests/harness/lock.py).
+        """
+        waited = self._lock.acquire()
+        if waited >= 1:
+            self.timings["waited for harness lock"] = round(waited, 1)
         began = time.monotonic()
         try:
             parallel(
@@ -160,6 +168,7 @@ class Servers:
                 stop()
             except Exception as exc:  # noqa: BLE001 - keep stopping the rest, report after
                 errors.append(exc)
+        self._lock.release()
         if errors:
             raise errors[0]
 

@@ -9,7 +9,7 @@
   on SIGTERM the gateway's own target leaves BIND's answer, the reals stay.
 
 The tests needing only BIND do not touch the ejabberd cluster (`servers`); the gateway test
-does, so run this module under the harness lock (README, Tests).
+does; `Servers.start` takes the machine-wide harness lock (tests/harness/lock.py).
 """
 
 from __future__ import annotations
