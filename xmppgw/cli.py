@@ -145,12 +145,16 @@ def reach_targets(config: configmod.Config) -> list[ReachTarget]:
     for vserver in config.vservers:
         farms = [vserver.serverfarm, *(route.serverfarm for route in vserver.routes)]
         for name in dict.fromkeys(f for f in farms if f is not None):
-            for real in config.farm(name).reals:
-                host, port = real.address.with_port(vserver.virtual.port)
-                names, counted = seen.get((name, host, port), ([], False))
-                names.append(vserver.name)
-                seen[(name, host, port)] = (names, counted or (vserver.inservice
-                                                               and real.inservice))
+            farm = config.farm(name)
+            for real in farm.reals:
+                endpoints = [real.address.with_port(vserver.virtual.port)]
+                if vserver.mode == "both":  # its ClientHellos go to the direct-TLS port
+                    endpoints.append(farm.directtls_endpoint(real))
+                for host, port in endpoints:
+                    names, counted = seen.get((name, host, port), ([], False))
+                    names.append(vserver.name)
+                    seen[(name, host, port)] = (names, counted or (vserver.inservice
+                                                                   and real.inservice))
     return [(farm, host, port, tuple(dict.fromkeys(names)), counted)
             for (farm, host, port), (names, counted) in seen.items()]
 

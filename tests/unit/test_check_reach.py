@@ -197,3 +197,41 @@ address = "127.0.6.56"
 def test_bad_config_is_not_dialled(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = check(capsys, tmp_path, BASE.replace('serverfarm = "XMPP"', 'serverfarm = "X"'))
     assert code == 1 and "no serverfarm named 'X'" in err and "reach" not in out
+
+
+def test_both_mode_vserver_dials_the_direct_tls_port_too(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path,
+                                                          listen: list[socket.socket]) -> None:
+    """A `mode = "both"` vserver sends ClientHellos to each real's direct-TLS port (the real's
+    own `directtls_port`, else the farm's): a real that serves 5222 but not that port fails."""
+    open_port(listen, "127.0.6.57", 5222)
+    open_port(listen, "127.0.6.58", 5222)
+    open_port(listen, "127.0.6.58", 15223)
+    text = """
+[[vserver]]
+name = "C2S"
+virtual = "127.0.6.50:5222"
+mode = "both"
+serverfarm = "XMPP"
+
+[[serverfarm]]
+name = "XMPP"
+[[serverfarm.real]]
+address = "127.0.6.57"
+[[serverfarm.real]]
+address = "127.0.6.58"
+directtls_port = 15223
+"""
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    assert cli.reach_targets(config.load(path)) == [
+        ("XMPP", "127.0.6.57", 5222, ("C2S",), True),
+        ("XMPP", "127.0.6.57", 5223, ("C2S",), True),
+        ("XMPP", "127.0.6.58", 5222, ("C2S",), True),
+        ("XMPP", "127.0.6.58", 15223, ("C2S",), True),
+    ]
+    code, out, err = check(capsys, tmp_path, text)
+    assert code == 1
+    assert err.splitlines()[0] == ("reach: serverfarm XMPP, real 127.0.6.57, port 5223: "
+                                   "Connection refused (vserver C2S)")
+    assert "reach: 3 of 4" in out
