@@ -318,6 +318,7 @@ def _gateway(s: _Section) -> GatewayConfig:
         control_group=s.ctx.refer("group", s.get("control_group", str, d.control_group),
                                   s.keypath + ("control_group",)),
         metrics=_address(s, "metrics", need_port=True) if "metrics" in s.data else d.metrics,
+        freebind=s.get("freebind", bool, d.freebind),
     )
     s.done()
     return gateway
@@ -517,6 +518,7 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
         max_header_bytes=s.get("max_header_bytes", int, gateway.max_header_bytes, _at_least(256)),
         max_hello_bytes=s.get("max_hello_bytes", int, gateway.max_hello_bytes, _at_least(512)),
         accept_proxy=_networks(s, "accept_proxy"),
+        freebind=s.get("freebind", bool, gateway.freebind),
         limits=_limits(s.sub("limits")),
         srv=_srv_services(s),
     )

@@ -167,6 +167,14 @@ class GatewayConfig:
         "by that group). It must exist on this machine."))
     metrics: Address | None = _k(None, type="string (ip:port)", doc=(  # noqa: RUF009
         "`ip:port` of the Prometheus `/metrics` listener (see Operations)."))
+    freebind: bool = _k(False, doc=(
+        "Bind the vservers with `IP_FREEBIND`: their virtual address need not be on this host "
+        "yet. For a pair of gateways sharing a VRRP address (keepalived, see docs/pair.md): "
+        "the standby listens before the address moves to it, so it serves the first SYN after "
+        "the takeover. The other way is the host-wide sysctl `net.ipv4.ip_nonlocal_bind = 1` "
+        "(`net.ipv6.ip_nonlocal_bind` for IPv6), which frees every program's binds. Off, a "
+        "vserver on an address the host does not hold fails to start (a typo is caught). A "
+        "vserver may set its own."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +471,10 @@ class VserverConfig:
             "connections start with a PROXY v1/v2 header. From them the header is required and "
             "names the client; from anyone else a header is not believed (it is read as XML "
             "and gets `<not-well-formed/>`)."))
+    freebind: bool = _k(False, shown=_FROM_GATEWAY, doc=(
+        "This vserver binds with `IP_FREEBIND` (see `gateway.freebind`): its virtual address "
+        "may be one the host does not hold yet. Applies when the vserver binds (start, "
+        "`inservice`, a reload that moves it)."))
     limits: Limits = _k(factory=Limits, type="table", shown="see below",  # noqa: RUF009
                         ios="synguard, maxconns", doc=(
         "`[vserver.limits]`: admission limits, counted from accept. Refusals are logged at "

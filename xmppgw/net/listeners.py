@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from xmppgw.config import Keepalive, Limits, VserverConfig
 from xmppgw.net.session import ClientSession
-from xmppgw.net.sockopts import apply_keepalive
+from xmppgw.net.sockopts import apply_freebind, apply_keepalive
 from xmppgw.slb.limits import Admission
 
 if TYPE_CHECKING:
@@ -176,6 +176,8 @@ def listen_socket(vserver: VserverConfig, keepalive: Keepalive,
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         apply_keepalive(sock, keepalive)
+        if vserver.freebind:  # a VRRP address the host may not hold yet
+            apply_freebind(sock)
         sock.bind((vserver.virtual.host, vserver.virtual.port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)

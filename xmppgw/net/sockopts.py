@@ -33,3 +33,15 @@ def apply_keepalive(sock: Any, keepalive: Keepalive) -> None:
             sock.setsockopt(level, name, max(1, value))
         except OSError:
             pass  # the peer may already be gone; nothing to tune then
+
+
+# Linux's <linux/in.h> value; Python's socket module has no name for it before 3.12.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+def apply_freebind(sock: socket.socket) -> None:
+    """Let `sock` bind an address this host does not hold (yet): `IP_FREEBIND`, ip(7).
+
+    A gateway of a VRRP pair listens on the shared address before keepalived moves it here.
+    Linux honours the option for IPv6 sockets as well. OSError if the platform lacks it."""
+    sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
