@@ -843,6 +843,8 @@ class ClientConnection:
 
     def _hello_events(self, events: list[tls.ClientHelloEvent], out: list[Command],
                       now: float) -> None:
+        if events:
+            self.hello = None  # decided: the reader's buffers are not needed again
         for event in events:
             if isinstance(event, tls.HelloError):
                 self._fail_tls(event.alert, event.reason, out, now)

@@ -158,6 +158,11 @@ class StreamReader:
     order mark, is `unsupported-encoding` (§4.9.3.22). A UTF-8 byte order mark is accepted.
     """
 
+    __slots__ = ("_base", "_depth", "_ends_on_gt", "_events", "_held", "_namespaces",
+                 "_no_text", "_parser", "_parsing", "_parsing_at", "_pos", "_quote", "_root_at",
+                 "_state", "_stop_at_tags", "_unheld", "_xml_end", "consumed", "error", "header",
+                 "max_header_bytes", "max_token_bytes")
+
     def __init__(self, max_header_bytes: int | None = 4096,
                  max_token_bytes: int = 65536) -> None:
         self.max_header_bytes = max_header_bytes
@@ -168,7 +173,12 @@ class StreamReader:
         self._events: list[StreamEvent] = []
         self._depth = 0
         self._namespaces: dict[str | None, str] = {}
-        self._parser = self._new_parser()
+        # Made when expat has bytes to read and dropped between top-level elements (see
+        # _rest): a parked stream holds no parser (expat's is about 12 KB once it has read
+        # a header). A later element is read by a new parser that first reads the root's
+        # start tag again (`_resume_prefix`); `_base` maps its byte index to stream offsets.
+        self._parser: expat.XMLParserType | None = None
+        self._base = 0
         self._held = bytearray()  # the unfinished token, from its first byte
         self._state = _TEXT  # the scanner's state at the end of what was fed
         self._pos = 0  # where the scanner goes on in _held
@@ -237,6 +247,8 @@ class StreamReader:
                             f"stream header not complete within {self.max_header_bytes} bytes"))
                     data, offset = data[room:], offset + room
             self._take(data)
+            if self._parser is not None and self.at_rest and not self._unheld:
+                self._rest()
         except _Stop as stop:
             self._events.append(stop.error)
             self._finish(stop.error)
@@ -258,8 +270,25 @@ class StreamReader:
         self._finish(error)
         return [error]
 
+    def _rest(self) -> None:
+        """Between top-level elements expat holds nothing the next element needs but the
+        root's namespace declarations, which the reader keeps: let the parser go."""
+        self._parser = None
+        self._parsing = b""
+
+    def _resume_prefix(self) -> bytes:
+        """The root's start tag as a new parser reads it before the next element: the same
+        qualified name (so `</stream:stream>` still matches) and namespace declarations."""
+        prefix = self.header.stream_prefix if self.header is not None else None
+        out = ["<", f"{prefix}:stream" if prefix else "stream"]
+        for name, uri in self._namespaces.items():
+            value = (uri or "").replace("&", "&amp;").replace("<", "&lt;").replace("'", "&apos;")
+            out.append(f" xmlns:{name}='{value}'" if name else f" xmlns='{value}'")
+        out.append(">")
+        return "".join(out).encode()
+
     def _take(self, data: bytes) -> None:
-        if not data or self._parser is None:
+        if not data or self.error is not None or self._xml_end is not None:
             return
         if self.consumed < 2:
             if self.consumed == 0 and len(data) > 1 and data[1] == 0:
@@ -414,9 +443,19 @@ class StreamReader:
         return min(start, end), verdict
 
     def _parse(self, data: bytes | bytearray, offset: int) -> None:
+        parser = self._parser
+        if parser is None:
+            if self._depth == 1 and not data.strip(_WHITESPACE):
+                return  # whitespace between elements (a keepalive): nothing for expat
+            parser = self._parser = self._new_parser()
+            prefix = self._resume_prefix() if self._depth == 1 else b""
+            self._base = offset - len(prefix)
+            if prefix:
+                self._depth = 0
+                parser.Parse(prefix, False)  # the root again: no event (see _start)
         self._parsing, self._parsing_at = data, offset
         try:
-            self._parser.Parse(data, False)
+            parser.Parse(data, False)
         except expat.ExpatError as exc:
             condition = _EXPAT_CONDITIONS.get(exc.code, "not-well-formed")
             raise _Stop(ProtocolError(condition, expat.errors.messages[exc.code])) from None
@@ -436,10 +475,16 @@ class StreamReader:
         if self._depth == 0:
             self._namespaces[prefix] = uri
 
+    def _index(self) -> int:
+        """Stream offset of expat's current event."""
+        return self._parser.CurrentByteIndex + self._base  # type: ignore[union-attr]
+
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         self._depth += 1
         if self._depth == 1:
-            self._root_at = self._parser.CurrentByteIndex
+            if self.header is not None:  # a new parser reading the root again
+                return
+            self._root_at = self._index()
             self._events.append(self._read_header(name, attrs))
         elif self._depth == 2:
             namespace, local, _prefix = _split(name)
@@ -455,7 +500,7 @@ class StreamReader:
     def _stop_reading(self, started: int) -> None:
         """In an end-element handler for the element whose start tag began at stream offset
         `started`: expat reads nothing past the element's last byte."""
-        index, data, at = self._parser.CurrentByteIndex, self._parsing, self._parsing_at
+        index, data, at = self._index(), self._parsing, self._parsing_at
         # Expat reports where an end tag starts, but where an empty-element tag ends (which
         # may be where another end tag starts, or where a start tag ends). Tokens reach
         # expat whole (see _scan): an empty element's tag is in the data being parsed, ends
@@ -567,6 +612,8 @@ class StartTLSOnlyReader(StreamReader):
     the verdict falls on the same byte whatever the split.
     """
 
+    __slots__ = ("_starttls_at", "starttls_ended")
+
     def __init__(self, max_header_bytes: int | None = 4096,
                  max_token_bytes: int = 65536) -> None:
         super().__init__(max_header_bytes, max_token_bytes)
@@ -596,7 +643,7 @@ class StartTLSOnlyReader(StreamReader):
                 raise _policy(f"<{local}> inside <starttls/>")
             if (namespace, local) != (TLS_NS, "starttls"):
                 raise _policy(f"<{local}> before STARTTLS refused (require_starttls)")
-            self._starttls_at = self._parser.CurrentByteIndex
+            self._starttls_at = self._index()
         super()._start(name, attrs)
         self._no_text, self._stop_at_tags = True, False
 
@@ -626,6 +673,9 @@ class StartTLSTracker:
     `client_data` and `server_data` return the events of their direction's bytes; a
     `ProtocolError` from `client_data` means the chunk that produced it must not be relayed.
     """
+
+    __slots__ = ("client", "header", "max_cleartext_bytes", "opaque", "require_starttls",
+                 "server", "starttls_requested")
 
     def __init__(self, max_header_bytes: int | None = 4096, require_starttls: bool = False,
                  max_cleartext_bytes: int = 65536) -> None:
