@@ -58,3 +58,14 @@ def test_with_freebind_it_listens_on_an_address_the_host_lacks() -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
     finally:
         sock.close()
+
+
+def test_the_shipped_pair_config_binds_every_vserver_freely_and_hashes_the_source() -> None:
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "conf" / "keepalived" / "xmppgw.toml"
+    cfg = config.load(shipped)
+    assert cfg.vservers and all(v.freebind for v in cfg.vservers)
+    assert {v.virtual.host for v in cfg.vservers} == {"192.0.2.10"}
+    assert cfg.farm("XMPP").predictor == "sourcehash"
+    assert cfg.gateway.control_socket
