@@ -3,7 +3,7 @@
     python3 bench/clients.py bulk HOST:PORT up|down SECONDS
     python3 bench/clients.py latency COUNT HOST:PORT [HOST:PORT...]
     python3 bench/clients.py handshakes HOST:PORT CONNS GROUP START SECONDS
-    python3 bench/clients.py hold HOST:PORT GROUP      (commands on stdin: "hold N")
+    python3 bench/clients.py hold HOST:PORT GROUP [parked]   (commands on stdin: "hold N")
 
 Every connection speaks real c2s XMPP first: the stream header, then it waits for the
 backend's header and `<stream:features>` (checked byte for byte), so a proxy that reads the
@@ -202,9 +202,12 @@ async def handshakes(target: tuple[str, int], conns: int, group: int, start: flo
     return stats
 
 
-async def hold(target: tuple[str, int], group: int, parallel: int = 100) -> None:
+async def hold(target: tuple[str, int], group: int, parallel: int = 100,
+               starttls: bool = True) -> None:
     """Holds streams open past STARTTLS (the gateway relays them opaquely, as it would a
-    TLS session). Reads "hold N" lines on stdin, answers {"held": N} once there; EOF ends."""
+    TLS session), or with `starttls` False parked before it: header sent, the real's header
+    and features received, then silence (a client slow to start TLS, or a slowloris).
+    Reads "hold N" lines on stdin, answers {"held": N} once there; EOF ends."""
     loop = asyncio.get_running_loop()
     held: list[asyncio.Transport] = []
     errors = 0
@@ -214,7 +217,7 @@ async def hold(target: tuple[str, int], group: int, parallel: int = 100) -> None
         nonlocal errors
         async with gate:
             try:
-                transport, ok = await _connect(target, source_ip(group, i), starttls=True)
+                transport, ok = await _connect(target, source_ip(group, i), starttls=starttls)
             except OSError:
                 errors += 1
                 return
@@ -252,7 +255,7 @@ def main() -> None:
                                        float(args[3])))
     elif cmd == "hold":
         import uvloop
-        uvloop.run(hold(target, int(args[0])))
+        uvloop.run(hold(target, int(args[0]), starttls=args[1:2] != ["parked"]))
         return
     else:
         raise SystemExit(f"unknown command {cmd!r}")

@@ -13,6 +13,7 @@ HAPROXY_HOST = "127.0.8.1"
 XMPPGW_HOST = "127.0.8.2"
 RSS_HAPROXY_HOST = "127.0.8.3"  # fresh proxies for the memory figure
 RSS_XMPPGW_HOST = "127.0.8.4"
+HAPROXY_BEST_HOST = "127.0.8.5"  # HAProxy at its best: splicing on, tuned buffers
 
 # One port per service, the same on every target: target = (host, PORTS[service]).
 PORTS = {"xmpp": 5222, "sink": 5301, "source": 5302, "iperf": 5201}

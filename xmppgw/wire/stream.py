@@ -32,6 +32,10 @@ KIND_BY_NAMESPACE = {
     "jabber:component:accept": "component",
 }
 
+# Names every stream repeats, kept once for the process (see _namespace, _read_header).
+_SHARED = {name: name for name in (STREAMS_NS, DIALBACK_NS, *KIND_BY_NAMESPACE, "stream",
+                                   "db", "1.0", "en")}
+
 _SEP = "\x1f"  # expat namespace separator; cannot occur in a namespace name or local name
 
 
@@ -473,7 +477,8 @@ class StreamReader:
 
     def _namespace(self, prefix: str | None, uri: str) -> None:
         if self._depth == 0:
-            self._namespaces[prefix] = uri
+            # The usual names shared, not a copy per stream: a parked stream keeps them.
+            self._namespaces[_SHARED.get(prefix, prefix)] = _SHARED.get(uri, uri)
 
     def _index(self) -> int:
         """Stream offset of expat's current event."""
@@ -527,13 +532,17 @@ class StreamReader:
             namespace=content_ns,  # type: ignore[arg-type]
             to=attrs.get("to"),
             from_=attrs.get("from"),
-            version=attrs.get("version"),
-            lang=attrs.get(f"{XML_NS}{_SEP}lang{_SEP}xml"),
+            version=_shared(attrs.get("version")),
+            lang=_shared(attrs.get(f"{XML_NS}{_SEP}lang{_SEP}xml")),
             id=attrs.get("id"),
-            stream_prefix=prefix,
+            stream_prefix=_shared(prefix),
             dialback=DIALBACK_NS in self._namespaces.values(),
         )
         return self.header
+
+
+def _shared(text: str | None) -> str | None:
+    return _SHARED.get(text, text) if text is not None else None
 
 
 def _tag_end(data: bytes | bytearray, pos: int) -> int:
