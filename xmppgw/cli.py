@@ -17,6 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway in the foreground")
     run.add_argument("-c", "--config", required=True, help="TOML config file")
+    run.add_argument("--takeover", action="store_true",
+                     help="upgrade without dropping a stream: take the listening sockets of "
+                     "the gateway running with this config (over its control socket), and "
+                     "let it finish its streams (docs/upgrade.md)")
+    run.add_argument("--drain", type=float, metavar="SECONDS", default=None,
+                     help="with --takeover: how long the old gateway keeps its streams "
+                     "before it closes them (cleartext ones get <system-shutdown/>); "
+                     "default 300")
     check = sub.add_parser("check", help="validate a config file; exit 0 if good, 1 if not")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
     check.add_argument("--reach", action="store_true",
@@ -374,13 +382,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 1
+    takeover = None
+    if args.takeover:
+        from xmppgw.net.takeover import DEFAULT_DRAIN
+
+        takeover = DEFAULT_DRAIN if args.drain is None else args.drain
+        if takeover < 0 or not config.gateway.control_socket:
+            print(f"{args.config}: --takeover needs gateway.control_socket (the running "
+                  "gateway is asked there)" if takeover >= 0 else
+                  "xmppgw: --drain must be 0 or more seconds", file=sys.stderr)
+            return 1
+    elif args.drain is not None:
+        print("xmppgw: --drain goes with --takeover", file=sys.stderr)
+        return 1
     log = configure_logging(config.gateway.log_format)
     try:
         import uvloop
         loop_factory = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
-    return workers.run(config, log, loop_factory)
+    return workers.run(config, log, loop_factory, takeover)
 
 
 def control_socket_problem(config: configmod.Config) -> str | None:

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
+# A command that owns its connection after the first line (`takeover`: sockets are passed
+# over it, then it waits for the next step); only this user or root may start one.
+Conversation = Callable[[dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter],
+                        Awaitable[None]]
 MAX_REQUEST = 65536
 REQUEST_TIMEOUT = 10.0
 
@@ -29,12 +33,15 @@ class ControlServer:
     """`group` (gateway.control_group): members of that group may use the socket as well;
     the file is then mode 0660 and owned by the group."""
 
-    def __init__(self, path: str, handler: Handler, log: Any, group: str | None = None) -> None:
+    def __init__(self, path: str, handler: Handler, log: Any, group: str | None = None,
+                 conversations: dict[str, Conversation] | None = None) -> None:
         self.path = Path(path)
         self.handler = handler
         self.log = log
         self.group = grp.getgrnam(group) if group else None
         self.server: asyncio.AbstractServer | None = None
+        self.conversations = conversations if conversations is not None else {}
+        self._inode: tuple[int, int] | None = None  # the socket file we bound (dev, inode)
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -50,14 +57,40 @@ class ControlServer:
         else:
             os.chown(self.path, -1, self.group.gr_gid)
             os.chmod(self.path, 0o660)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
 
-    async def stop(self) -> None:
+    def owns_path(self) -> bool:
+        """The path still names the socket we bound (a takeover renames its own over it)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._inode
+
+    def move_to(self, path: str) -> None:
+        """rename(2) our socket file to `path`, atomically replacing the file there (the old
+        gateway's, in a takeover): a client connecting meanwhile reaches one or the other,
+        never no one."""
+        os.rename(self.path, path)
+        self.path = Path(path)
+
+    def close(self) -> None:
+        """Stop accepting (connections under way go on), and remove the socket file if it is
+        still ours."""
         if self.server is not None:
             self.server.close()
-            await self.server.wait_closed()
+        if self.owns_path():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self._inode = None
+
+    async def stop(self) -> None:
+        server = self.server
+        self.close()
+        if server is not None:
+            await server.wait_closed()
             self.server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -65,9 +98,14 @@ class ControlServer:
             # gets its answer rather than a reset in the middle of its write.
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             uid, gid = _peer_ids(writer.get_extra_info("socket"))
-            if not self._allowed(uid, gid):
+            conversation = self._conversation(line)
+            if not self._allowed(uid, gid) or (
+                    conversation is not None and uid not in (0, os.getuid())):
                 self.log.warning("control_refused", uid=uid)
                 reply: dict[str, Any] = {"ok": False, "error": "permission denied"}
+            elif conversation is not None:
+                await conversation[0](conversation[1], reader, writer)
+                return
             else:
                 reply = await self._answer(line)
             writer.write(json.dumps(reply).encode() + b"\n")
@@ -76,6 +114,15 @@ class ControlServer:
             pass  # a client that went away, stalled or sent too much gets nothing more
         finally:
             writer.close()
+
+    def _conversation(self, line: bytes) -> tuple[Conversation, dict[str, Any]] | None:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(request, dict) or request.get("command") not in self.conversations:
+            return None
+        return self.conversations[request["command"]], request
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:

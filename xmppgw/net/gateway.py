@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import socket
 from typing import Any
 
@@ -72,6 +73,8 @@ class Gateway:
         self.orphans: set[Any] = set()  # hedge losers still owing a verdict (UpstreamLeg)
         self._wake_scheduled = False
         self.control: ControlServer | None = None
+        # Control commands that own their connection (`takeover`, added by net/workers.py)
+        self.conversations: dict[str, Any] = {}
         self.health: ProbeRunner | None = None  # worker 0 only: reals are probed once
         self.srv: SrvPublisher | None = None  # worker 0 only: the SRV records ([srv])
         self._sweep: asyncio.TimerHandle | None = None
@@ -91,12 +94,20 @@ class Gateway:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Listen on every vserver in service; a vserver that cannot bind stops the start."""
+    async def start(self, handover: bool = False) -> None:
+        """Listen on every vserver in service; a vserver that cannot bind stops the start.
+
+        `handover` (`xmppgw run --takeover`, net/takeover.py): the control socket is bound
+        beside the old gateway's (`<path>.takeover-<pid>`, renamed over it by
+        `take_control_path`), and the metrics and SRV listeners wait for `start_side`: the
+        old process holds their ports until it lets go."""
         if self.config.gateway.control_socket and self.worker == 0:
-            self.control = ControlServer(self.config.gateway.control_socket,
-                                         self.operator.command, self.log,
-                                         self.config.gateway.control_group)
+            path = self.config.gateway.control_socket
+            if handover:
+                path = f"{path}.takeover-{os.getpid()}"
+            self.control = ControlServer(path, self.operator.command, self.log,
+                                         self.config.gateway.control_group,
+                                         self.conversations)
             try:
                 await self.control.start()
             except OSError as exc:
@@ -116,6 +127,17 @@ class Gateway:
         if self.worker != 0:
             return
         await self.start_probes(self.config)
+        if not handover:
+            await self.start_side()
+
+    def take_control_path(self) -> None:
+        """After a handover: our control socket takes the configured path (rename(2) over
+        the old gateway's file, atomic)."""
+        if self.control is not None and self.config.gateway.control_socket:
+            self.control.move_to(self.config.gateway.control_socket)
+
+    async def start_side(self) -> None:
+        """The metrics and SRV listeners (worker 0); OSError (after stopping) if one cannot."""
         try:
             if self.config.gateway.metrics is not None:
                 self._start_metrics(self.config.gateway.metrics)
@@ -124,6 +146,20 @@ class Gateway:
         except OSError:
             await self.stop()
             raise
+
+    async def stop_side(self) -> None:
+        """Close the metrics and SRV listeners and the probes (a handover: the new process
+        takes them over); the streams go on."""
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        if self._metrics_server is not None:
+            server, self._metrics_server = self._metrics_server, None
+            await asyncio.get_running_loop().run_in_executor(None, server.shutdown)
+            server.server_close()
+        if self.srv is not None:
+            await self.srv.stop()
+            self.srv = None
 
     async def start_probes(self, config: Config) -> None:
         """(Re)start the active probes of `config` (worker 0; none if no farm has any)."""

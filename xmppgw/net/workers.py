@@ -27,12 +27,23 @@ from xmppgw.net.gateway import Gateway
 from xmppgw.net.listeners import listen_socket
 from xmppgw.net.reload import ReloadRefused
 from xmppgw.net.shared import WorkerShared, make_shared
+from xmppgw.net.takeover import Releaser, spawn_successor, take_over
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 RESPAWN_PAUSE = 1.0  # a worker that dies at once is not restarted in a tight loop
 
 
-def run(config: Config, log: Any, loop_factory: LoopFactory) -> int:
+def run(config: Config, log: Any, loop_factory: LoopFactory,
+        takeover: float | None = None) -> int:
+    """`takeover`: take the running gateway's sockets over (`xmppgw run --takeover`), and
+    give its streams that many seconds to end (net/takeover.py; workers = 1 only)."""
+    if takeover is not None:
+        if config.gateway.workers != 1:
+            print("xmppgw: --takeover needs gateway.workers = 1 (this config has "
+                  f"{config.gateway.workers}): restart the gateway instead",
+                  file=sys.stderr, flush=True)
+            return 1
+        return run_worker(config, log, loop_factory, takeover=takeover)
     if config.gateway.workers == 1:
         return run_worker(config, log, loop_factory)
     metrics_dir = prepare_multiprocess() if config.gateway.metrics else None
@@ -74,10 +85,10 @@ def bind_all(config: Config) -> list[dict[str, socket.socket]]:
 def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int = 0,
                shared: WorkerShared | None = None,
                sockets: dict[str, socket.socket] | None = None,
-               ready_fd: int | None = None) -> int:
+               ready_fd: int | None = None, takeover: float | None = None) -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            runner.run(_serve(config, log, worker, shared, sockets, ready_fd))
+            runner.run(_serve(config, log, worker, shared, sockets, ready_fd, takeover))
         except OSError as exc:
             print(f"xmppgw: {exc.strerror}", file=sys.stderr, flush=True)
             log.error("start_failed", error=exc.strerror)
@@ -86,29 +97,43 @@ def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int 
 
 
 async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | None,
-                 sockets: dict[str, socket.socket] | None, ready_fd: int | None) -> None:
-    """Serve until SIGTERM/SIGINT. Once every listener is bound: READY=1 to systemd when
-    this is the only process, else one byte on `ready_fd` (the master's, see `Master.run`)."""
-    gateway = Gateway(config, log, worker, shared, sockets)
+                 sockets: dict[str, socket.socket] | None, ready_fd: int | None,
+                 takeover: float | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, or until the streams are gone after a takeover by a new
+    process (net/takeover.py). Once every listener is bound: READY=1 to systemd when this is
+    the only process (with MAINPID= after a takeover), else one byte on `ready_fd` (the
+    master's, see `Master.run`). SIGUSR2 (one process): start the successor."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if takeover is not None:
+        gateway = await take_over(config, log, takeover)
+    else:
+        gateway = Gateway(config, log, worker, shared, sockets)
+    releaser = Releaser(gateway, stop.set)
+    gateway.conversations["takeover"] = releaser.converse
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reload = gateway.reload_from_slot if shared is not None else lambda: _reload_file(gateway)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
-    await gateway.start()
     if shared is None:
-        notify.ready()
+        loop.add_signal_handler(signal.SIGUSR2, lambda: spawn_successor(config, log))
+    if takeover is None:
+        await gateway.start()
+    if shared is None:
+        if takeover is None:
+            notify.ready()
+        else:
+            notify.notify(f"MAINPID={os.getpid()}", "READY=1")
     elif ready_fd is not None:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
     event = "started" if shared is None else "worker_started"
     log.info(event, config=config.path, loop=type(loop).__module__, pid=os.getpid())
     await stop.wait()
-    if shared is None:
+    if shared is None and not releaser.released:  # handed over: no longer the service
         notify.stopping()
     log.info("stopping" if shared is None else "worker_stopping")
-    await gateway.stop(graceful=True)
+    await gateway.stop(graceful=not releaser.released)
     if shared is None:
         log.info("stopped")
 
@@ -139,6 +164,7 @@ class Master:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
+        signal.signal(signal.SIGUSR2, self._no_takeover)
         ready_r, ready_w = os.pipe()
         for worker in range(len(self.sockets)):
             self._spawn(worker, (ready_r, ready_w))
@@ -193,6 +219,10 @@ class Master:
             except ProcessLookupError:
                 pass
 
+    def _no_takeover(self, _signum: int, _frame: object) -> None:
+        self.log.error("takeover_refused", reason=f"gateway.workers = {len(self.sockets)}: "
+                       "takeover needs workers = 1 (restart the gateway instead)")
+
     def _reload(self, _signum: int, _frame: object) -> None:
         """SIGHUP (also sent by worker 0 for `xmppgw reload`): check and resolve the file once
         (secrets read here), put the resulting config where the workers read it, and tell
@@ -241,6 +271,7 @@ class Master:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR2, signal.SIG_DFL)
             for other, sockets in enumerate(self.sockets):
                 if other != worker:
                     for sock in sockets.values():
