@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from chaos.progress import Progress
 from chaos.topology import VIP, Real, Toxics, gateway_config, reals
 from tests.harness.servers import Servers
 from tests.support.gateway import GatewayProcess
@@ -45,7 +46,8 @@ from tests.support.storm import source_addresses
 
 RESULTS = ROOT / "chaos" / "results"
 COLUMNS = ("scenario", "logins tried", "failed", "sessions cut",
-           "median / p99 time to log in again (s)", "gateway errors logged", "outcome")
+           "median / p99 time to log in again (s)", "new logins median / p99 (s)",
+           "messages sent", "lost", "duplicated", "gateway errors logged", "outcome")
 
 
 def load_demo() -> ModuleType:
@@ -69,15 +71,22 @@ class Sizes:
     control: float  # the latency scenario's window without the toxic
     window: float  # how long a toxic stays
     settle: float
+    drain: int  # the planned drain's deadline, s
+    srv_clients: int  # SRV-only clients (no gateway) beside the gateway's
+    srv_timeout: float  # their bound, s (a black-holed first target costs slixmpp ~134 s)
+    pairs: int  # message pairs (half slixmpp, half aioxmpp)
+    message_interval: float  # s between a sender's messages
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(clients=24, processes=2, arrivals=4.0, control=5.0, window=8.0, settle=2.0)
+        return cls(clients=24, processes=2, arrivals=4.0, control=5.0, window=8.0, settle=2.0,
+                   drain=4, srv_clients=4, srv_timeout=10.0, pairs=2, message_interval=0.1)
 
     @classmethod
     def full(cls) -> Sizes:
         return cls(clients=150, processes=4, arrivals=10.0, control=8.0, window=20.0,
-                   settle=5.0)
+                   settle=5.0, drain=10, srv_clients=8, srv_timeout=30.0, pairs=6,
+                   message_interval=0.1)
 
 
 @dataclass
@@ -88,7 +97,12 @@ class Result:
     sessions_cut: int = 0
     relogin_median_s: float | None = None
     relogin_p99_s: float | None = None
-    gateway_errors: int = 0
+    login_median_s: float | None = None  # new logins (arrivals, or SRV-only clients)
+    login_p99_s: float | None = None
+    messages_sent: int | None = None
+    messages_lost: int | None = None
+    messages_duplicated: int | None = None
+    gateway_errors: int | None = 0  # None: a row without the gateway
     ok: bool = False
     checks: list[str] = field(default_factory=list)  # each asserted outcome, with its figures
     failures: list[str] = field(default_factory=list)
@@ -103,9 +117,13 @@ class Result:
     def row(self) -> list[str]:
         def s(v: float | None) -> str:
             return "-" if v is None else f"{v:.2f}"
+        def n(v: int | None) -> str:
+            return "-" if v is None else str(v)
         return [self.scenario, str(self.logins_tried), str(self.failed), str(self.sessions_cut),
                 f"{s(self.relogin_median_s)} / {s(self.relogin_p99_s)}",
-                str(self.gateway_errors), "ok" if self.ok else "FAILED"]
+                f"{s(self.login_median_s)} / {s(self.login_p99_s)}",
+                n(self.messages_sent), n(self.messages_lost), n(self.messages_duplicated),
+                n(self.gateway_errors), "ok" if self.ok else "FAILED"]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -124,22 +142,62 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     return result
 
 
+@dataclass
+class Arrival:
+    """One new user's login: wall-clock start and end, seconds until the session started
+    (None if it did not), and why it failed."""
+
+    began: float
+    ended: float
+    login_s: float | None
+    reason: str | None = None
+
+
 def make_arrivals(servers: Servers, vip: str, rate: float) -> Any:
     """scripts/demo.py's Churn (log in, ping, log out), open-loop: `rate` new logins a
     second however long each takes, as new users arrive (the demo's keeps 4 in flight, so a
     slow real would slow the arrivals down); 200 in flight is a bound never reached unless
-    logins hang."""
-    return load_demo().Churn(servers, vip, interval=1.0 / rate, in_flight=200,
-                             login_timeout=20.0, ping_timeout=10.0, resource="arrival")
+    logins hang. Each login's start and time to log in are kept too (`arrivals`): a
+    scenario counts the failures of logins that began after a fault was detected."""
+    from tests.harness.client import xmpp_session
+
+    demo = load_demo()
+
+    class TimedChurn(demo.Churn):  # type: ignore[misc, name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.arrivals: list[Arrival] = []
+
+        async def _one(self, user: str) -> None:
+            self._serial += 1
+            jid = f"{self.servers.jid(user)}/{self.resource}{self._serial}"
+            began, login_s = time.time(), None
+            try:
+                async with xmpp_session(jid, self.servers.password, self.vip, 5222,
+                                        timeout=self.login_timeout) as client:
+                    login_s = time.time() - began
+                    await client.plugin["xep_0199"].ping(jid=self.servers.ejabberd_domain,
+                                                         timeout=self.ping_timeout)
+                self.ok.append(time.time())
+                self.arrivals.append(Arrival(began, time.time(), login_s))
+            except Exception as exc:  # noqa: BLE001 - a failed login is a figure
+                self.failed.append((time.time(), str(exc)[:200]))
+                self.arrivals.append(Arrival(began, time.time(), login_s, str(exc)[:200]))
+
+    return TimedChurn(servers, vip, interval=1.0 / rate, in_flight=200,
+                      login_timeout=20.0, ping_timeout=10.0, resource="arrival")
 
 
 class Lab:
     """The running topology: toxiproxy, gateway, clients, churn; and what they said."""
 
     def __init__(self, servers: Servers, workdir: Path, sizes: Sizes, vip: str = VIP,
-                 say: Callable[[str], None] = print) -> None:
+                 progress: Progress | None = None, spare: bool = False) -> None:
         self.servers, self.workdir, self.sizes, self.vip = servers, workdir, sizes, vip
-        self.say = say
+        self.progress = progress or Progress(COLUMNS, live=False)
+        self.say = self.progress.say
+        self.want_spare = spare
+        self.spare: dict[str, Any] = {"up": False, "error": "not started"}
         self.demo = load_demo()
         self.reals: list[Real] = reals(servers)
         self.stack = ExitStack()
@@ -163,8 +221,10 @@ class Lab:
         demo, sizes = self.demo, self.sizes
         # a dead upstream is what the suite makes happen (and the spare has no node): quiet
         logging.getLogger("chaos.toxiproxy").setLevel(logging.ERROR)
-        self.toxics = Toxics(self.servers).start()
+        self.toxics = Toxics(self.servers, self.vip).start()
         self.stack.callback(self.toxics.stop)
+        if self.want_spare:
+            self._start_spare()
         control = self.workdir / "ctl" / "xmppgw.sock"
         control.parent.mkdir(parents=True, exist_ok=True)
         self.gateway = GatewayProcess(gateway_config(self.servers, control, self.vip),
@@ -193,7 +253,8 @@ class Lab:
         self.stack.callback(poller.join, 5)
         self.stack.callback(self._stop.set)
         self.say(f"gateway up on {self.vip} (pid {self.gateway.pid}), toxiproxy at "
-                 f"{self.toxics.url}, reals {', '.join(r.address for r in self.reals)}")
+                 f"{self.toxics.url} ({self.toxics.server.kind}), reals "
+                 f"{', '.join(r.address for r in self.reals)}")
         began = time.time()
         for population in self.populations:
             population.go()
@@ -208,9 +269,9 @@ class Lab:
         while not self._stop.is_set():
             self.watch.poll_log()
             self.watch.poll_show()
-            if time.monotonic() - last_status >= 5:
+            if time.monotonic() - last_status >= (1 if self.progress.live else 5):
                 last_status = time.monotonic()
-                self.say("  status: " + self.status())
+                self.progress.status(self.status())
             self._stop.wait(0.5)
 
     def status(self) -> str:
@@ -219,6 +280,49 @@ class Lab:
                           for r in self.reals)
         return (f"clients {f['connected']}/{self.figures.total()} up; failed logins "
                 f"{f['failed_logins']}; cuts {f['cuts']}; {states}")
+
+    def _start_spare(self) -> None:
+        """The seed's spare: a standalone ejabberd node on the spare real's node address
+        (the harness's cluster has three), with ejabberd's default-backlog listeners and
+        every test account, started in the background (it takes a while); dead if it
+        cannot start, which the spare scenario then says."""
+        from chaos.topology import SPARE_NODE
+        from tests.harness.ejabberd import EjabberdCluster
+        from tests.harness.servers import DEFAULT_BACKLOG_LISTENERS, DNS_ADDRESS
+
+        cluster = EjabberdCluster(self.workdir / "spare", self.servers.ejabberd_domain,
+                                  (("ej4", SPARE_NODE),), resolver=DNS_ADDRESS,
+                                  extra_listeners=DEFAULT_BACKLOG_LISTENERS)
+        self.spare = {"up": False, "error": None, "cluster": cluster}
+
+        def start() -> None:
+            try:
+                cluster.start()
+                cluster.register_many(self.servers.users)
+                self.spare["up"] = True
+                self.say(f"spare node ej4 up on {SPARE_NODE} (its real out of service)")
+            except Exception as exc:  # noqa: BLE001 - the spare scenario reports it
+                self.spare["error"] = str(exc)[:300]
+                self.say(f"spare node could not start: {exc!s:.150}")
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        self.spare["thread"] = thread
+        self.stack.callback(cluster.stop)
+        self.stack.callback(thread.join, 120)
+
+    def ctl(self, *args: str) -> str:
+        """`xmppgw <args> -c <the gateway's config>` (the operator's command line)."""
+        import subprocess
+
+        done = subprocess.run([sys.executable, "-m", "xmppgw", *args, "-c",
+                               str(self.gateway.config_path)], capture_output=True, text=True,
+                              timeout=30, cwd=ROOT, check=False)
+        out = (done.stdout + done.stderr).strip()
+        self.say(f"$ xmppgw {' '.join(args)}: {out[:200]}")
+        if done.returncode != 0:
+            raise RuntimeError(f"xmppgw {' '.join(args)} exited {done.returncode}: {out}")
+        return out
 
     # --- figures since a moment -------------------------------------------------------------
 
@@ -270,9 +374,27 @@ class Lab:
         result.gateway_errors = len(errors)
         result.details["failed_reasons"] = sorted(
             {str(r.get("reason"))[:120] for r in fails} | {why[:120] for _, why in churn_failed})
+        logins = [a.login_s for a in self.churn.arrivals
+                  if a.began >= since and a.login_s is not None]
+        if logins:
+            result.login_median_s = round(statistics.median(logins), 3)
+            result.login_p99_s = round(percentile(logins, 0.99) or 0.0, 3)
         result.details["gateway_errors"] = [
             {k: v for k, v in r.items() if k in ("event", "level", "error", "real", "message")}
             for r in errors[:10]]
+
+    def failures_begun_after(self, t: float) -> list[str]:
+        """Failed logins that began at or after `t` (wall clock): arrivals by their start;
+        the population's by their end less the attempt's bound when it timed out (a failure
+        before the bound happened about when it was reported)."""
+        out = [f"arrival: {a.reason}" for a in self.churn.arrivals
+               if a.reason is not None and a.began >= t]
+        for r in self.figures.records("fail"):
+            reason = str(r.get("reason"))
+            began = r["t"] - (20.0 if reason.startswith("no session after") else 0.0)
+            if began >= t:
+                out.append(f"client {r.get('client')}: {reason}")
+        return out
 
     def real_states(self, real: Real, mark: int = 0) -> list[str]:
         """The real's state changes logged since `mark`."""
@@ -298,7 +420,9 @@ def print_row(cells: Sequence[str]) -> None:
 def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     about = (f"Machine: {meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs, "
              f"Python {meta['machine']['python']}. Mode: {meta['mode']} "
-             f"({meta['clients']} clients). Outcome: {'ok' if meta['ok'] else 'FAILED'}.")
+             f"({meta['clients']} clients), {meta['seconds']:.0f} s once the servers were up; "
+             f"Toxiproxy: {meta.get('toxiproxy')}. Outcome: {'ok' if meta['ok'] else 'FAILED'}."
+             + (f"\n\nNote: {meta['note']}" if meta.get("note") else ""))
     lines = [f"# Chaos suite run, {meta['date']}", "", about, "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r.row()) + " |" for r in results]
@@ -323,47 +447,61 @@ def write_results(results: list[Result], meta: dict[str, Any], directory: Path) 
 
 def run_suite(servers: Servers, workdir: Path, *, quick: bool = False,
               scenarios: Sequence[str] = (), results_dir: Path = RESULTS,
-              vip: str = VIP) -> tuple[list[Result], Path]:
-    """Play `scenarios` (default: all, in order) against running `servers`; returns the
-    results and the Markdown file written. The cluster is left as it was found (a killed
-    node is restarted)."""
-    from chaos.scenarios import SCENARIOS
+              vip: str = VIP, live: bool | None = None,
+              note: str = "") -> tuple[list[Result], Path]:
+    """Play `scenarios` (default: all, or the quick set with `quick`, in the suite's order)
+    against running `servers`; returns the results and the Markdown file written. The
+    cluster is left as it was found (a killed or stopped node is started again)."""
+    from chaos.scenarios import QUICK, SCENARIOS
 
-    names = list(scenarios) or list(SCENARIOS)
+    names = list(scenarios) or list(QUICK if quick else SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
     names = [n for n in SCENARIOS if n in names]  # the suite's order
     sizes = Sizes.quick() if quick else Sizes.full()
     began = time.monotonic()
-
-    def say(text: str) -> None:
-        print(f"chaos [{time.monotonic() - began:6.1f}s] {text}", flush=True)
-
+    progress = Progress(COLUMNS, live=live)
     results: list[Result] = []
-    with Lab(servers, workdir, sizes, vip, say) as lab:
-        print_row(COLUMNS)
-        for name in names:
-            say(f"== {name}: {SCENARIOS[name].__doc__.strip().splitlines()[0]}")
-            result = Result(name)
-            t0 = time.monotonic()
-            try:
-                SCENARIOS[name](lab, result)
-            except Exception as exc:  # noqa: BLE001 - a scenario that breaks fails, the run goes on
-                result.check(False, f"the scenario raised {type(exc).__name__}: {exc}")
-            result.seconds = round(time.monotonic() - t0, 1)
-            result.ok = not result.failures
-            for c in result.checks:
-                say(f"  {c}")
-            print_row(result.row())
-            results.append(result)
+    try:
+        with Lab(servers, workdir, sizes, vip, progress, spare="spare" in names) as lab:
+            for index, name in enumerate(names, 1):
+                progress.scenario(index, len(names), name,
+                                  SCENARIOS[name].__doc__.strip().splitlines()[0])
+                results += play(lab, name, SCENARIOS[name], progress)
+            toxiproxy = lab.toxics.server.kind
+    finally:
+        progress.stop()
     meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": machine(), "mode": "quick" if quick else "full",
             "clients": sizes.clients, "seconds": round(time.monotonic() - began, 1),
-            "ok": all(r.ok for r in results)}
+            "toxiproxy": toxiproxy, "note": note, "ok": all(r.ok for r in results)}
     path = write_results(results, meta, results_dir)
-    say(f"results: {path} (and .json)")
+    if progress.live:  # the panel is gone: the table once more, as lines
+        print_row(COLUMNS)
+        for r in results:
+            print_row(r.row())
+    print(f"chaos: results: {path} (and .json)", flush=True)
     return results, path
+
+
+def play(lab: Lab, name: str, scenario: Callable[[Lab, Result], Any],
+         progress: Progress) -> list[Result]:
+    """One scenario: its row, and the extra rows it returns (a side-by-side measurement)."""
+    result = Result(name)
+    extra: list[Result] = []
+    t0 = time.monotonic()
+    try:
+        extra = list(scenario(lab, result) or [])
+    except Exception as exc:  # noqa: BLE001 - a scenario that breaks fails, the run goes on
+        result.check(False, f"the scenario raised {type(exc).__name__}: {exc}")
+    for r in (result, *extra):
+        r.seconds = r.seconds or round(time.monotonic() - t0, 1)
+        r.ok = not r.failures
+        for c in r.checks:
+            progress.say(f"  {r.scenario}: {c}")
+        progress.row(r.row())
+    return [result, *extra]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--scenario", action="append", default=[], metavar="NAME",
                      help="play only this scenario (repeatable)")
     run.add_argument("--results", type=Path, default=RESULTS, help="where the tables go")
+    run.add_argument("--note", default="", help="a line for the results (e.g. the machine "
+                     "was shared)")
+    run.add_argument("--plain", action="store_true", help="plain lines, no live panel")
     args = parser.parse_args(argv)
 
     from tests.harness.fixtures import make_base_dir
@@ -384,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Servers(base) as servers:
             results, _ = run_suite(servers, base / "chaos", quick=args.quick,
-                                   scenarios=args.scenario, results_dir=args.results)
+                                   scenarios=args.scenario, results_dir=args.results,
+                                   live=False if args.plain else None, note=args.note)
     except KeyboardInterrupt:
         print("chaos: interrupted", flush=True)
         return 130

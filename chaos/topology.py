@@ -8,13 +8,22 @@ gateway and each real.
 The farm is conf/seed.toml's: leastconns, per real weight 5 and reassign 4, an xmpp-stream
 probe, the fourth real (the spare, 127.0.6.4 -> 127.0.2.4) out of service; faildetect and retry
 scaled down for a population of dozens (as conf/demo-failover.toml does). Every fault goes
-through toxiproxy-python, against the bundled server (chaos.toxiproxy) or, when TOXIPROXY_URL
-is set, against that one.
+through toxiproxy-python, against a Toxiproxy server chosen by `toxiproxy_server()`: the one
+TOXIPROXY_URL names, else a real `toxiproxy-server` on PATH (started on a free port), else the
+bundled one (chaos.toxiproxy, in a thread).
+
+The clients' own links can go through toxiproxy too: `Toxics.client_links` are proxies in
+front of the gateway's 5222 and 5223 (on CLIENT_NET, kernel-picked ports), for the toxics on
+the client -> gateway leg.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,7 +35,8 @@ from chaos.toxiproxy import ThreadedToxiproxy
 from tests.harness.servers import DEFAULT_BACKLOG_C2S_PORT, DEFAULT_BACKLOG_C2S_TLS_PORT, Servers
 
 VIP = "127.0.1.70"
-PROXY_NET = "127.0.6"  # real N of the farm is 127.0.6.N, a proxy to ejabberd node N
+PROXY_NET = "127.0.6"
+CLIENT_NET = "127.0.7.1"  # the client links' proxies: clients -> CLIENT_NET:port -> VIP  # real N of the farm is 127.0.6.N, a proxy to ejabberd node N
 SPARE_NODE = "127.0.2.4"  # the seed's spare: out of service (no node runs there)
 RETRY = 5
 # vserver port -> the nodes' port behind the proxy
@@ -104,35 +114,120 @@ listen = "{vip}:5353"
 """
 
 
-class Toxics:
-    """The bundled Toxiproxy server (or TOXIPROXY_URL's), its proxies, driven through
-    toxiproxy-python."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    def __init__(self, servers: Servers) -> None:
-        self.servers = servers
-        self.server: ThreadedToxiproxy | None = None
+
+class ToxiproxyServer:
+    """Which Toxiproxy server the suite drives, and its lifetime: TOXIPROXY_URL's (left
+    running: not ours), else `toxiproxy-server` from PATH (a child process on a free port),
+    else the bundled one in a thread. `kind` says which, for the results."""
+
+    def __init__(self) -> None:
+        self.bundled: ThreadedToxiproxy | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kind = ""
+        self.host, self.port = "127.0.0.1", 8474
+
+    def start(self) -> ToxiproxyServer:
+        url = os.environ.get("TOXIPROXY_URL")
+        binary = shutil.which("toxiproxy-server")
+        if url:
+            parsed = urlparse(url if "//" in url else f"http://{url}")
+            self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 8474
+            self.kind = f"TOXIPROXY_URL ({url})"
+        elif binary:
+            self.port = _free_port()
+            self.process = subprocess.Popen(
+                [binary, "-host", self.host, "-port", str(self.port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self._wait_listening()
+            self.kind = f"{binary} (pid {self.process.pid})"
+        else:
+            self.bundled = ThreadedToxiproxy("127.0.0.1", 0).start()
+            self.host, self.port = self.bundled.host, self.bundled.port
+            self.kind = "bundled (chaos.toxiproxy)"
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _wait_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"toxiproxy-server did not listen on {self.url} in {timeout:g} s")
+
+    def stop(self) -> None:
+        if self.bundled is not None:
+            self.bundled.stop()
+            self.bundled = None
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+class Toxics:
+    """The Toxiproxy server (see ToxiproxyServer), its proxies (one per real and port, and
+    the client links in front of `vip`), driven through toxiproxy-python."""
+
+    def __init__(self, servers: Servers, vip: str = VIP) -> None:
+        self.servers, self.vip = servers, vip
+        self.server = ToxiproxyServer()
         self.client = Toxiproxy()
         self.proxies: dict[str, Proxy] = {}
+        self.client_links: dict[int, Proxy] = {}  # vserver port -> its proxy
 
     def start(self) -> Toxics:
-        url = os.environ.get("TOXIPROXY_URL")
-        if url:
-            parsed = urlparse(url)
-            host, port = parsed.hostname or "127.0.0.1", parsed.port or 8474
-        else:
-            self.server = ThreadedToxiproxy("127.0.0.1", 0).start()
-            host, port = self.server.host, self.server.port
-        self.client.update_api_consumer(host, port)
-        self.url = f"http://{host}:{port}"
-        for real in reals(self.servers):
-            for port_in, port_out in PORTS.items():
-                name = real.proxy_name(port_in)
-                if name in self.client.proxies():
-                    self.client.get_proxy(name).destroy()
-                self.proxies[name] = self.client.create(
-                    upstream=f"{real.node}:{port_out}", name=name,
-                    listen=f"{real.address}:{port_in}")
+        self.server.start()
+        self.client.update_api_consumer(self.server.host, self.server.port)
+        self.url = self.server.url
+        try:
+            for real in reals(self.servers):
+                for port_in, port_out in PORTS.items():
+                    self._create(real.proxy_name(port_in), f"{real.address}:{port_in}",
+                                 f"{real.node}:{port_out}")
+            for port in (5222, 5223):
+                self.client_links[port] = self._create(
+                    f"client-{port}", f"{CLIENT_NET}:0", f"{self.vip}:{port}")
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _create(self, name: str, listen: str, upstream: str) -> Proxy:
+        if name in self.client.proxies():
+            self.client.get_proxy(name).destroy()
+        proxy = self.client.create(upstream=upstream, name=name, listen=listen)
+        self.proxies[name] = proxy
+        return proxy
+
+    def client_link(self, port: int) -> tuple[str, int]:
+        """(host, port) where a client reaches the gateway's `port` through toxiproxy."""
+        host, _, listen_port = self.client_links[port].listen.rpartition(":")
+        return host, int(listen_port)
+
+    def add_client(self, **toxic: object) -> None:
+        """Add a toxic to every client link."""
+        for proxy in self.client_links.values():
+            proxy.add_toxic(**toxic)
+
+    def remove_client(self, name: str) -> None:
+        for proxy in self.client_links.values():
+            proxy.destroy_toxic(name)
 
     def of(self, real: Real) -> list[Proxy]:
         return [self.proxies[real.proxy_name(p)] for p in PORTS]
@@ -152,6 +247,5 @@ class Toxics:
             except Exception:  # noqa: BLE001, S110 - the server may be gone already
                 pass
         self.proxies.clear()
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        self.client_links.clear()
+        self.server.stop()
