@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(ejabberd prosody lua-unbound dnsutils bind9 bind9-utils dnsperf nftables
               iproute2 openssl procps python3 python3-venv python3-pip
               systemd)  # systemd-analyze: tests/integration/test_systemd.py verifies the unit
+APT_PACKAGES+=(keepalived)  # VRRP for the gateway pair: tests/integration/test_pair.py
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
