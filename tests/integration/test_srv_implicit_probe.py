@@ -34,8 +34,9 @@ BLIND_VIP, BLIND_DNS = "127.0.1.23", "127.0.5.56"      # probe = []: nothing wat
 DOOMED = "127.0.1.28"                                  # the real this test stops
 DOOMED_TARGET = "real-127-0-1-28.example.test."
 CLIENT_SRV = "_xmpp-client._tcp.example.test"
-# What the README promises: out after `fall` failed runs, `interval` apart, each at most
-# `timeout` long; then the publisher's 1 s tick and dig's own round trips.
+# What docs/probes.md promises ("The implicit probe"): out after `fall` failed runs,
+# `interval` apart, each at most `timeout` long; then the publisher's 1 s tick and dig's
+# own round trips.
 BOUND = IMPLICIT_PROBE.fall * IMPLICIT_PROBE.interval + IMPLICIT_PROBE.timeout
 SLACK = 3.0
 

@@ -1,5 +1,5 @@
-"""The overload keys (README, "Reconnect storms"): defaults, overrides, and errors that name
-the file, line and key."""
+"""The overload keys (docs/failover-and-overload.md, "Reconnect storms"): defaults,
+overrides, and errors that name the file, line and key."""
 
 from __future__ import annotations
 
