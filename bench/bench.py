@@ -744,11 +744,34 @@ PYSPY_PASSES = [  # title, extra py-spy flags
 
 def main_profile(args: argparse.Namespace, workdir: Path) -> int:
     """The stream-open load against xmppgw under py-spy, once for the Python frames and once
-    with native frames; cProfile if py-spy cannot attach."""
+    with native frames; cProfile if py-spy cannot attach or with `--cprofile` (deterministic
+    call counts, for a machine shared with other work: written under results/profiles/)."""
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "profile-handshake.txt"
     seconds = args.seconds
     sections = []
+    if args.cprofile:
+        (RESULTS / "profiles").mkdir(exist_ok=True)
+        out = RESULTS / "profiles" / f"handshake-cprofile-{args.label}.txt"
+        sections = [cprofile_report(workdir, seconds)]
+    else:
+        sections = pyspy_sections(workdir, seconds)
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    version = source_version()
+    text = (f"# xmppgw {version['commit']}{' (modified)' if version['modified'] else ''} under "
+            f"the stream-open load of bench.py ({HANDSHAKE_CLIENTS} clients, "
+            f"{HANDSHAKE_PROCS} processes, {seconds:g} s per pass), {now}\n"
+            f"# regenerate: bash bench/profile.sh\n\n" + "\n\n".join(sections))
+    out.write_text(text)
+    print(text)
+    left = leftovers(workdir)
+    print(f"leftover processes: {left or 'none'}\nprofile: {out}")
+    return 0 if not left else 1
+
+
+def pyspy_sections(workdir: Path, seconds: float) -> list[str]:
+    """The load under py-spy, Python frames then native ones; cProfile if py-spy fails."""
+    sections: list[str] = []
     with contextlib.ExitStack() as stack:
         setup = Setup(workdir, 1, False, stack)
         setup.backends(bulk=False)
@@ -779,17 +802,7 @@ def main_profile(args: argparse.Namespace, workdir: Path) -> int:
     if len(sections) < len(PYSPY_PASSES):
         log("py-spy could not profile xmppgw here: falling back to cProfile")
         sections = [cprofile_report(workdir, seconds)]
-    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    version = source_version()
-    text = (f"# xmppgw {version['commit']}{' (modified)' if version['modified'] else ''} under "
-            f"the stream-open load of bench.py ({HANDSHAKE_CLIENTS} clients, "
-            f"{HANDSHAKE_PROCS} processes, {seconds:g} s per pass), {now}\n"
-            f"# regenerate: bash bench/profile.sh\n\n" + "\n\n".join(sections))
-    out.write_text(text)
-    print(text)
-    left = leftovers(workdir)
-    print(f"leftover processes: {left or 'none'}\nprofile: {out}")
-    return 0 if not left else 1
+    return sections
 
 
 def _load_line(hs: dict) -> str:
@@ -857,9 +870,16 @@ def cprofile_report(workdir: Path, seconds: float) -> str:
             [PY, "-m", "cProfile", "-o", str(prof), "-m", "xmppgw", "run", "-c", str(cfg)],
             "xmppgw (cProfile)", [(XMPPGW_HOST, PORTS["xmpp"])], setup.log("xmppgw-prof"),
             env=_repo_env()))
-        measure_handshakes(Target("xmppgw", XMPPGW_HOST, gw), seconds)
+        hs = measure_handshakes(Target("xmppgw", XMPPGW_HOST, gw), seconds)
+        # Without the profiler, the same load: CPU per open (what a shared machine skews least)
+        plain = setup.xmppgw(XMPPGW_HOST.replace(".2", ".6"), ["xmpp"])
+        free = measure_handshakes(Target("xmppgw", XMPPGW_HOST.replace(".2", ".6"), plain),
+                                  seconds)
     buf = io.StringIO()
-    buf.write("# cProfile (py-spy could not attach)\n")
+    buf.write(f"# cProfile; {hs['rate'] * seconds:,.0f} stream opens profiled "
+              f"({_load_line(hs)})\n# without the profiler: {_load_line(free)}, "
+              f"{free['per_cpu_second']:,.0f} opens per CPU-second "
+              f"({1e6 / free['per_cpu_second']:.0f} µs of xmppgw CPU per open)\n")
     pstats.Stats(str(prof), stream=buf).sort_stats("tottime").print_stats(30)
     pstats.Stats(str(prof), stream=buf).sort_stats("cumulative").print_stats(30)
     return buf.getvalue()
@@ -873,6 +893,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="xmppgw workers and HAProxy threads (default 1)")
     parser.add_argument("--seconds", type=float, default=10, help="profile: load duration")
+    parser.add_argument("--cprofile", action="store_true",
+                        help="profile: cProfile instead of py-spy (call counts)")
+    parser.add_argument("--label", default="latest", help="profile --cprofile: file name part")
     parser.add_argument("--only", choices=["rss", "parked"],
                         help="bench: only this figure, for xmppgw (rss: RSS per idle stream; "
                              "parked: RSS per stream parked before STARTTLS, HAProxy too)")

@@ -62,7 +62,7 @@ class ClientSession(asyncio.Protocol):
     timer; the machine (`conn`) holds the rest."""
 
     __slots__ = ("conn", "direct", "host", "legs", "loop", "relay", "splice_wanted", "timer",
-                 "transport", "upstream", "vserver")
+                 "timer_when", "transport", "upstream", "vserver")
 
     def __init__(self, host: SessionHost, vserver: VserverHandle) -> None:
         self.host = host
@@ -74,6 +74,7 @@ class ClientSession(asyncio.Protocol):
         self.legs: dict[int, UpstreamLeg] = _NO_LEGS  # attempts in flight, by attempt id
         self.relay: SpliceRelay | None = None  # the zero-copy relay, once handed over
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_when = 0.0  # when `timer` fires (loop time)
         self.splice_wanted = False
         self.direct = False  # committed and opaque: bytes go straight through
 
@@ -193,16 +194,14 @@ class ClientSession(asyncio.Protocol):
         leg.abort()
         self.run(self.conn.attempt_failed(leg.attempt_id, reason, self.loop.time()))
 
-    async def _open(self, leg: UpstreamLeg, host: str, port: int) -> None:
-        try:
-            await self.loop.create_connection(lambda: leg, host, port)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            if leg.verdict is not None:
-                leg.orphan_ended(lambda now: leg.verdict.on_failed(now, reason),  # type: ignore[union-attr]
-                                 reason)
-            else:
-                self.attempt_failed(leg, reason)
+    def connect_failed(self, leg: UpstreamLeg, exc: OSError) -> None:
+        """The TCP connect of `leg` failed (refused, unreachable...)."""
+        reason = exc.strerror or type(exc).__name__
+        if leg.verdict is not None:
+            leg.orphan_ended(lambda now: leg.verdict.on_failed(now, reason),  # type: ignore[union-attr]
+                             reason)
+        else:
+            self.attempt_failed(leg, reason)
 
     # --- carrying out the machine's commands -----------------------------------------------
 
@@ -262,17 +261,31 @@ class ClientSession(asyncio.Protocol):
             self.try_splice()
 
     def _set_timer(self, at: float | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        """Keep one loop timer at or before the machine's deadline `at`. A deadline that
+        moves later (header read -> connect timeout -> response -> negotiation, four times
+        in a stream's first milliseconds) keeps the armed timer, which re-arms itself when
+        it fires early (`_timer_fired`); only an earlier deadline or none replaces it."""
+        timer = self.timer
+        if timer is not None:
+            if at is not None and self.timer_when <= at:
+                return
+            timer.cancel()
             self.timer = None
         if at is not None:
             self.timer = self.loop.call_at(at, self._timer_fired)
+            self.timer_when = at
 
     def _timer_fired(self) -> None:
         self.timer = None
         at, now = self.conn.timer_at, self.loop.time()
-        if at is not None and now < at:  # the loop may run a timer a clock tick early
-            now = at
+        if at is None:
+            return
+        if now < at:
+            if self.timer_when < at:  # armed for a deadline that has moved later since
+                self.timer = self.loop.call_at(at, self._timer_fired)
+                self.timer_when = at
+                return
+            now = at  # the loop may run a timer a clock tick early
         self.run(self.conn.timer(now))
 
     def _dial(self, dial: Dial) -> None:
@@ -280,7 +293,10 @@ class ClientSession(asyncio.Protocol):
         if self.legs is _NO_LEGS:
             self.legs = {}
         self.legs[dial.attempt] = leg
-        leg.task = self.loop.create_task(self._open(leg, dial.host, dial.port))
+        # The leg is its own protocol factory and the task's done callback: no coroutine of
+        # ours and no closure per attempt (asyncio offers no connect without a task).
+        leg.task = self.loop.create_task(self.loop.create_connection(leg, dial.host, dial.port))
+        leg.task.add_done_callback(leg.connect_done)
 
     def _relay(self, attempt: int) -> None:
         """The attempt won: its leg is the real's; every other attempt is dropped."""
@@ -414,6 +430,24 @@ class UpstreamLeg(asyncio.Protocol):
             self.orphan_ended(self.verdict.cancel)
 
     # --- asyncio callbacks -----------------------------------------------------------------
+
+    def __call__(self) -> UpstreamLeg:
+        """The protocol factory of its own connection (`loop.create_connection(leg, ...)`)."""
+        return self
+
+    def connect_done(self, task: asyncio.Task[Any]) -> None:
+        """The connect task ended: nothing to do on success (connection_made said so)."""
+        self.task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, OSError):
+            self.session.connect_failed(self, exc)
+        else:  # a bug, not the network: the loop's handler reports it as a task's would
+            self.session.loop.call_exception_handler({
+                "message": "connect to a real failed", "exception": exc, "task": task})
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
