@@ -27,20 +27,21 @@ def _nft(*args: str, script: str | None = None, check: bool = True) -> None:
                    timeout=10)
 
 
-def remove_stale() -> None:
+def remove_stale(table: str = TABLE) -> None:
     """Delete the suite's table if a run left it behind (no error when it is not there)."""
-    _nft("delete", "table", "inet", TABLE, check=False)
+    _nft("delete", "table", "inet", table, check=False)
 
 
 @contextmanager
-def blackhole(targets: Sequence[tuple[str, Sequence[int]]]) -> Iterator[None]:
+def blackhole(targets: Sequence[tuple[str, Sequence[int]]],
+              table: str = TABLE) -> Iterator[None]:
     """Drop the SYNs to each (address, ports) of `targets` (new connections hang; established
-    ones, which need no SYN, go on) while the block runs."""
-    remove_stale()
+    ones, which need no SYN, go on) while the block runs, with nftables table `table`."""
+    remove_stale(table)
     rules = "\n".join(
         f"    ip daddr {address} tcp dport {{ {', '.join(str(p) for p in ports)} }} "
         "tcp flags & (syn | ack) == syn drop" for address, ports in targets)
-    _nft("-f", "-", script=f"""table inet {TABLE} {{
+    _nft("-f", "-", script=f"""table inet {table} {{
   chain out {{
     type filter hook output priority 0; policy accept;
 {rules}
@@ -49,7 +50,7 @@ def blackhole(targets: Sequence[tuple[str, Sequence[int]]]) -> Iterator[None]:
     try:
         yield
     finally:
-        remove_stale()
+        remove_stale(table)
 
 
 @contextmanager

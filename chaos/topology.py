@@ -53,9 +53,10 @@ class Real:
         return f"real{self.index + 1}-{port}"
 
 
-def reals(servers: Servers) -> list[Real]:
+def reals(servers: Servers, net: str = PROXY_NET) -> list[Real]:
+    """The farm's reals: the cluster's nodes and the spare, real N on `net`.N."""
     nodes = [*servers.ejabberd_addresses, SPARE_NODE]
-    return [Real(i, node, f"{PROXY_NET}.{i + 1}") for i, node in enumerate(nodes)]
+    return [Real(i, node, f"{net}.{i + 1}") for i, node in enumerate(nodes)]
 
 
 def gateway_config(servers: Servers, control: Path, vip: str = VIP) -> str:
@@ -184,8 +185,9 @@ class Toxics:
     """The Toxiproxy server (see ToxiproxyServer), its proxies (one per real and port, and
     the client links in front of `vip`), driven through toxiproxy-python."""
 
-    def __init__(self, servers: Servers, vip: str = VIP) -> None:
-        self.servers, self.vip = servers, vip
+    def __init__(self, servers: Servers, vip: str = VIP, net: str = PROXY_NET,
+                 client_net: str = CLIENT_NET) -> None:
+        self.servers, self.vip, self.net, self.client_net = servers, vip, net, client_net
         self.server = ToxiproxyServer()
         self.client = Toxiproxy()
         self.proxies: dict[str, Proxy] = {}
@@ -196,13 +198,13 @@ class Toxics:
         self.client.update_api_consumer(self.server.host, self.server.port)
         self.url = self.server.url
         try:
-            for real in reals(self.servers):
+            for real in reals(self.servers, self.net):
                 for port_in, port_out in PORTS.items():
                     self._create(real.proxy_name(port_in), f"{real.address}:{port_in}",
                                  f"{real.node}:{port_out}")
             for port in (5222, 5223):
                 self.client_links[port] = self._create(
-                    f"client-{port}", f"{CLIENT_NET}:0", f"{self.vip}:{port}")
+                    f"client-{port}", f"{self.client_net}:0", f"{self.vip}:{port}")
         except BaseException:
             self.stop()
             raise
