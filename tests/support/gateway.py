@@ -24,11 +24,13 @@ class GatewayProcess:
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, **env} if env else None  # added to the inherited environment
+        self.run_args: list[str] = []  # more `xmppgw run` options (e.g. --takeover)
 
     def start(self, timeout: float = 15.0) -> GatewayProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xmppgw", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "xmppgw", "run", *self.run_args, "-c",
+             str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         log.close()
         deadline = time.monotonic() + timeout
