@@ -10,6 +10,9 @@ APT_PACKAGES=(ejabberd prosody lua-unbound dnsutils bind9 bind9-utils dnsperf nf
               iproute2 openssl procps python3 python3-venv python3-pip
               systemd)  # systemd-analyze: tests/integration/test_systemd.py verifies the unit
 APT_PACKAGES+=(keepalived)  # VRRP for the gateway pair: tests/integration/test_pair.py
+# The container image (scripts/container.sh, tests/integration/test_container.py): rootful
+# podman with runc (crun needs cgroup v2), the base image from debootstrap
+APT_PACKAGES+=(podman runc debootstrap debian-archive-keyring)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
