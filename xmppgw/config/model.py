@@ -331,7 +331,7 @@ class ServerfarmConfig:
     slowstart: float = _k(30.0, unit="s", ios="slow start", doc=(
         "A real that comes (back) into service ramps its weight from 5% to 100% over this "
         "time. `0` turns it off."))
-    # Overload (README, "Reconnect storms"): attempts in flight per real, the queue of
+    # Overload (docs/failover-and-overload.md): attempts in flight per real, the queue of
     # client connections waiting for one, and Envoy's healthy panic threshold (percent).
     max_connecting: int | None = _k(8, unit="attempts", ios="none (HAProxy `maxconn` + queue)",
                                     doc=(

@@ -56,7 +56,7 @@ def _table_name(path: tuple[str, ...], array: bool) -> str:
     return f"`[[{name}]]`" if array else f"`[{name}]`"
 
 
-# In the order a config file is usually written (and README's sections).
+# In the order a config file is usually written.
 SECTIONS: tuple[Section, ...] = (
     Section(("gateway",), False, GatewayConfig,
             "The gateway as a whole, and the defaults its vservers and serverfarms inherit."),

@@ -7,7 +7,7 @@ rows. An anonymous `mmap` rather than `multiprocessing.shared_memory`: it has no
 nothing is left behind in /dev/shm when the master is killed, and fork is all the sharing
 it needs.
 
-What each worker sees (README, "Workers"): the load of every real summed over all workers
+What each worker sees (docs/architecture.md): the load of every real summed over all workers
 (leastconns and maxconns are global), faildetect counts summed over workers (a success
 resets only the counts of the worker that saw it), and a real FAILED by any worker is FAILED
 for all until that worker's retry elapses. Active probes run in worker 0 alone; its row's

@@ -30,7 +30,7 @@ loaded" real before any handshake completes), and each attempt ends with exactly
 nothing in flight (or a `closed` with no connection) raises `DoubleReport`: counters are
 never clamped at zero, which would hide the caller's bug.
 
-Overload (README, "Reconnect storms"). A failure signal that grows with load must never take
+Overload (docs/failover-and-overload.md). A failure signal that grows with load must never take
 reals out faster than load moves away from them:
 
 - `max_connecting`: at most that many attempts in flight per real (HAProxy's per-server
