@@ -21,12 +21,17 @@ service, and a fourth real (nothing listens there) is PROBE_FAILED. Then a secon
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +138,19 @@ def sessions_of(gw: GatewayProcess) -> int:
     return sum(v["conns"] for v in show(gw, "vservers"))
 
 
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """AF_UNIX paths hold 107 bytes (the new process's control socket is bound first at
+    `<path>.takeover-<pid>`): pytest's tmp_path can be longer."""
+    path = Path(tempfile.mkdtemp(prefix="xmppgw-takeover-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.timeout(180)
-def test_takeover_under_pinging_clients_drops_no_stream(servers: Servers,
-                                                        tmp_path: Path) -> None:
-    control = tmp_path / "ctl" / "xmppgw.sock"
+def test_takeover_under_pinging_clients_drops_no_stream(servers: Servers, tmp_path: Path,
+                                                        short_dir: Path) -> None:
+    control = short_dir / "xmppgw.sock"
     text = config_text(servers, control)
     spare = f"{servers.ejabberd_addresses[2]}:5222"
     dead = f"{DEAD_REAL}:5222"
@@ -211,3 +225,152 @@ def test_takeover_under_pinging_clients_drops_no_stream(servers: Servers,
     for gw in (old, new):
         assert "Traceback" not in gw.log_text(), gw.log_text()[-4000:]
 
+
+
+# --- without the servers: systemd, and takeovers that must not happen ------------------------
+
+DUMMY_VIP = "127.0.1.63"
+DUMMY_REAL = "127.0.1.64"  # nothing listens there; no client connects in these tests
+
+
+def dummy_config(control: Path, workers: int = 1, extra: str = "") -> str:
+    return f"""
+[gateway]
+domains = ["example.test"]
+workers = {workers}
+control_socket = "{control}"
+
+[[vserver]]
+name = "C2S"
+virtual = "{DUMMY_VIP}:5222"
+serverfarm = "DUMMY"
+{extra}
+[[serverfarm]]
+name = "DUMMY"
+[[serverfarm.real]]
+address = "{DUMMY_REAL}"
+"""
+
+
+class NotifySocket:
+    """What systemd listens on for sd_notify, with each sender's pid (SCM_CREDENTIALS)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(str(path))
+
+    def next(self, timeout: float = 15.0) -> tuple[dict[str, str], int]:
+        self.sock.settimeout(timeout)
+        data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        pid = next(struct.unpack("3i", value[:12])[0] for level, kind, value in ancillary
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+        return dict(line.split("=", 1) for line in data.decode().splitlines() if line), pid
+
+    def quiet(self, wait: float = 0.5) -> None:
+        self.sock.settimeout(wait)
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected notification: {data!r}")
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def dummy_holders() -> list[int]:
+    out = subprocess.run(["ss", "-Hltnp", f"src {DUMMY_VIP} and sport = :5222"],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    return [int(pid) for pid in re.findall(r"pid=(\d+),fd=", out)]
+
+
+def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: Path) -> None:
+    """As under the unit: SIGUSR2 to the main PID; the successor (its child, so in the
+    service's cgroup) sends MAINPID= and READY=1; the old one sends no STOPPING=1."""
+    notes = NotifySocket(short_dir / "notify")
+    old = GatewayProcess(dummy_config(short_dir / "ctl.sock"), short_dir,
+                         env={"NOTIFY_SOCKET": str(short_dir / "notify")}).start()
+    successor = None
+    try:
+        fields, pid = notes.next()
+        assert fields.get("READY") == "1" and pid == old.pid, fields
+        os.kill(old.pid, signal.SIGUSR2)
+        fields, successor = notes.next()
+        assert fields == {"MAINPID": str(successor), "READY": "1"}, fields
+        assert successor != old.pid
+        parent = Path(f"/proc/{successor}/status").read_text().split("PPid:")[1].split()[0]
+        assert int(parent) == old.pid
+        assert old.proc is not None and old.proc.wait(15) == 0, old.log_text()
+        notes.quiet()  # no STOPPING=1 from the old process
+        assert dummy_holders() == [successor]
+        assert json.loads(old.show("vservers", "--json"))[0]["inservice"]  # the new one answers
+        os.kill(successor, signal.SIGTERM)
+        fields, pid = notes.next()
+        assert fields == {"STOPPING": "1"} and pid == successor, fields
+        wait_until(lambda: gone(successor), 15, "the successor to exit")
+        assert not (short_dir / "ctl.sock").exists()
+        assert "Traceback" not in old.log_text(), old.log_text()  # the successor's too
+    finally:
+        if successor is not None and not gone(successor):
+            os.kill(successor, signal.SIGKILL)
+        old.stop()
+        notes.sock.close()
+
+
+def takeover(config_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xmppgw", "run", "--takeover", "-c",
+                           str(config_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_a_takeover_that_cannot_start_leaves_the_old_gateway_as_it_was(short_dir: Path) -> None:
+    control = short_dir / "ctl.sock"
+    nobody = short_dir / "nobody.toml"
+    nobody.write_text(dummy_config(short_dir / "none.sock"))
+    result = takeover(nobody)
+    assert result.returncode == 1 and "no running gateway answers" in result.stderr, result
+
+    old = GatewayProcess(dummy_config(control), short_dir).start()
+    try:
+        inode = control.stat().st_ino
+        unbindable = short_dir / "unbindable.toml"  # 192.0.2.1 is no address of this host
+        unbindable.write_text(dummy_config(control, extra=(
+            '\n[[vserver]]\nname = "X"\nvirtual = "192.0.2.1:5222"\nserverfarm = "DUMMY"\n')))
+        result = takeover(unbindable)
+        assert result.returncode == 1 and "cannot listen on 192.0.2.1:5222" in result.stderr, \
+            result
+        old.wait_record(lambda r: True, event="takeover_aborted")
+        workers = short_dir / "workers.toml"
+        workers.write_text(dummy_config(control, workers=2))
+        result = takeover(workers)
+        assert result.returncode == 1 and "needs gateway.workers = 1" in result.stderr, result
+        # the old gateway goes on as before: its listener, its control socket
+        assert dummy_holders() == [old.pid]
+        assert control.stat().st_ino == inode
+        assert json.loads(old.show("vservers", "--json"))[0]["inservice"]
+        assert not list(short_dir.glob("ctl.sock.takeover-*"))
+    finally:
+        old.stop()
+    assert "Traceback" not in old.log_text(), old.log_text()
+
+
+def test_a_gateway_with_workers_refuses_to_be_taken_over(short_dir: Path) -> None:
+    control = short_dir / "ctl.sock"
+    old = GatewayProcess(dummy_config(control, workers=2), short_dir).start()
+    try:
+        new = short_dir / "new.toml"
+        new.write_text(dummy_config(control))
+        result = takeover(new)
+        assert result.returncode == 1, result
+        assert "refused" in result.stderr and "workers = 2" in result.stderr, result.stderr
+        assert sorted(set(dummy_holders())) != []  # still listening (the workers)
+        assert old.proc is not None and old.proc.poll() is None
+    finally:
+        old.stop()
+    assert "Traceback" not in old.log_text(), old.log_text()

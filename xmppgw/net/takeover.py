@@ -19,8 +19,9 @@ line, as every control command):
    `{"ok": true, ...}`, and keeps every established stream until it ends or S seconds have
    passed; then streams still in cleartext get `<system-shutdown/>` (RFC 6120 §4.9.3.21),
    the rest are closed, and it exits. It sends no STOPPING=1: it is no longer the service.
-4. The new process starts its metrics and SRV listeners and tells systemd `MAINPID=` and
-   `READY=1` (the unit needs NotifyAccess=all).
+   Just before step 3 the new process tells systemd `MAINPID=<its pid>` and `READY=1`
+   (the unit needs NotifyAccess=all), so the old one's exit is not the service's end.
+4. The new process starts its metrics and SRV listeners.
 
 If the new process fails before step 3 it simply exits (its copies of the sockets close),
 and the old process, seeing the connection end without a release, carries on as before.
@@ -38,6 +39,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from xmppgw import notify
 from xmppgw.config import Config
 from xmppgw.net.gateway import Gateway
 from xmppgw.net.handover import (
@@ -205,6 +207,9 @@ async def take_over(config: Config, log: Any, drain: float) -> Gateway:
     try:
         gateway = await _adopt(config, log, conn)
         gateway.take_control_path()
+        # Before the release: the old process may exit at once (no streams), and systemd
+        # must know by then that the service's main process is this one.
+        notify.notify(f"MAINPID={os.getpid()}", "READY=1")
         answer = await loop.run_in_executor(None, _release, conn, drain)
     finally:
         conn.close()

@@ -101,7 +101,7 @@ async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | N
                  takeover: float | None = None) -> None:
     """Serve until SIGTERM/SIGINT, or until the streams are gone after a takeover by a new
     process (net/takeover.py). Once every listener is bound: READY=1 to systemd when this is
-    the only process (with MAINPID= after a takeover), else one byte on `ready_fd` (the
+    the only process (`take_over` sends it with MAINPID=), else one byte on `ready_fd` (the
     master's, see `Master.run`). SIGUSR2 (one process): start the successor."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -120,10 +120,8 @@ async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | N
     if takeover is None:
         await gateway.start()
     if shared is None:
-        if takeover is None:
+        if takeover is None:  # after a takeover: MAINPID= and READY=1 are sent (take_over)
             notify.ready()
-        else:
-            notify.notify(f"MAINPID={os.getpid()}", "READY=1")
     elif ready_fd is not None:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
