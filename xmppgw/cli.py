@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> int:
                      "the gateway running with this config (over its control socket), and "
                      "let it finish its streams (docs/upgrade.md)")
     run.add_argument("--drain", type=float, metavar="SECONDS", default=None,
-                     help="with --takeover: how long the old gateway keeps its streams "
-                     "before it closes them (cleartext ones get <system-shutdown/>); "
+                     help="how long a gateway taken over keeps its streams before it closes "
+                     "them (cleartext ones get <system-shutdown/>): with --takeover, the "
+                     "old gateway's; also what a successor started by SIGUSR2 is given; "
                      "default 300")
     check = sub.add_parser("check", help="validate a config file; exit 0 if good, 1 if not")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
@@ -382,18 +383,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 1
-    takeover = None
-    if args.takeover:
-        from xmppgw.net.takeover import DEFAULT_DRAIN
+    from xmppgw.net.takeover import DEFAULT_DRAIN
 
-        takeover = DEFAULT_DRAIN if args.drain is None else args.drain
-        if takeover < 0 or not config.gateway.control_socket:
-            print(f"{args.config}: --takeover needs gateway.control_socket (the running "
-                  "gateway is asked there)" if takeover >= 0 else
-                  "xmppgw: --drain must be 0 or more seconds", file=sys.stderr)
-            return 1
-    elif args.drain is not None:
-        print("xmppgw: --drain goes with --takeover", file=sys.stderr)
+    drain = DEFAULT_DRAIN if args.drain is None else args.drain
+    if drain < 0:
+        print("xmppgw: --drain must be 0 or more seconds", file=sys.stderr)
+        return 1
+    if args.takeover and not config.gateway.control_socket:
+        print(f"{args.config}: --takeover needs gateway.control_socket (the running gateway "
+              "is asked for its sockets there)", file=sys.stderr)
         return 1
     log = configure_logging(config.gateway.log_format)
     try:
@@ -401,7 +399,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
-    return workers.run(config, log, loop_factory, takeover)
+    return workers.run(config, log, loop_factory, args.takeover, drain)
 
 
 def control_socket_problem(config: configmod.Config) -> str | None:

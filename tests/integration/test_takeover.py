@@ -295,7 +295,9 @@ def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: 
     service's cgroup) sends MAINPID= and READY=1; the old one sends no STOPPING=1."""
     notes = NotifySocket(short_dir / "notify")
     old = GatewayProcess(dummy_config(short_dir / "ctl.sock"), short_dir,
-                         env={"NOTIFY_SOCKET": str(short_dir / "notify")}).start()
+                         env={"NOTIFY_SOCKET": str(short_dir / "notify")})
+    old.run_args = ["--drain", "3"]
+    old.start()
     successor = None
     try:
         fields, pid = notes.next()
@@ -306,6 +308,8 @@ def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: 
         assert successor != old.pid
         parent = Path(f"/proc/{successor}/status").read_text().split("PPid:")[1].split()[0]
         assert int(parent) == old.pid
+        argv = Path(f"/proc/{successor}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--drain") + 1] == b"3", argv  # our --drain, passed on
         assert old.proc is not None and old.proc.wait(15) == 0, old.log_text()
         notes.quiet()  # no STOPPING=1 from the old process
         assert dummy_holders() == [successor]

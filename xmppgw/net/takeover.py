@@ -334,10 +334,13 @@ def _release(conn: socket.socket, drain: float) -> dict[str, Any] | None:
 # --- SIGUSR2: start the successor from the running gateway (systemd) ---------------------------
 
 
-def spawn_successor(config: Config, log: Any) -> subprocess.Popen[bytes] | None:
-    """`xmppgw run --takeover -c <our config>` as our child, with our stdout and stderr:
-    under systemd it runs in the service's cgroup, so its MAINPID= is accepted."""
-    argv = [sys.executable, "-m", "xmppgw", "run", "--takeover", "-c", str(config.path)]
+def spawn_successor(config: Config, log: Any,
+                    drain: float = DEFAULT_DRAIN) -> subprocess.Popen[bytes] | None:
+    """`xmppgw run --takeover --drain <drain> -c <our config>` as our child, with our stdout
+    and stderr: under systemd it runs in the service's cgroup, so its MAINPID= is accepted.
+    `drain` is our own `--drain`: the successor gives us as long, and passes it on."""
+    argv = [sys.executable, "-m", "xmppgw", "run", "--takeover", "--drain", f"{drain:g}",
+            "-c", str(config.path)]
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
     except OSError as exc:

@@ -27,25 +27,26 @@ from xmppgw.net.gateway import Gateway
 from xmppgw.net.listeners import listen_socket
 from xmppgw.net.reload import ReloadRefused
 from xmppgw.net.shared import WorkerShared, make_shared
-from xmppgw.net.takeover import Releaser, spawn_successor, take_over
+from xmppgw.net.takeover import DEFAULT_DRAIN, Releaser, spawn_successor, take_over
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 RESPAWN_PAUSE = 1.0  # a worker that dies at once is not restarted in a tight loop
 
 
 def run(config: Config, log: Any, loop_factory: LoopFactory,
-        takeover: float | None = None) -> int:
+        takeover: bool = False, drain: float = DEFAULT_DRAIN) -> int:
     """`takeover`: take the running gateway's sockets over (`xmppgw run --takeover`), and
-    give its streams that many seconds to end (net/takeover.py; workers = 1 only)."""
-    if takeover is not None:
+    give its streams `drain` seconds to end (net/takeover.py; workers = 1 only). A
+    successor started by SIGUSR2 is given the same `drain`."""
+    if takeover:
         if config.gateway.workers != 1:
             print("xmppgw: --takeover needs gateway.workers = 1 (this config has "
                   f"{config.gateway.workers}): restart the gateway instead",
                   file=sys.stderr, flush=True)
             return 1
-        return run_worker(config, log, loop_factory, takeover=takeover)
+        return run_worker(config, log, loop_factory, takeover=True, drain=drain)
     if config.gateway.workers == 1:
-        return run_worker(config, log, loop_factory)
+        return run_worker(config, log, loop_factory, drain=drain)
     metrics_dir = prepare_multiprocess() if config.gateway.metrics else None
     try:
         return _run_master(config, log, loop_factory)
@@ -85,10 +86,12 @@ def bind_all(config: Config) -> list[dict[str, socket.socket]]:
 def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int = 0,
                shared: WorkerShared | None = None,
                sockets: dict[str, socket.socket] | None = None,
-               ready_fd: int | None = None, takeover: float | None = None) -> int:
+               ready_fd: int | None = None, takeover: bool = False,
+               drain: float = DEFAULT_DRAIN) -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            runner.run(_serve(config, log, worker, shared, sockets, ready_fd, takeover))
+            runner.run(_serve(config, log, worker, shared, sockets, ready_fd, takeover,
+                              drain))
         except OSError as exc:
             print(f"xmppgw: {exc.strerror}", file=sys.stderr, flush=True)
             log.error("start_failed", error=exc.strerror)
@@ -98,15 +101,15 @@ def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int 
 
 async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | None,
                  sockets: dict[str, socket.socket] | None, ready_fd: int | None,
-                 takeover: float | None = None) -> None:
+                 takeover: bool = False, drain: float = DEFAULT_DRAIN) -> None:
     """Serve until SIGTERM/SIGINT, or until the streams are gone after a takeover by a new
     process (net/takeover.py). Once every listener is bound: READY=1 to systemd when this is
     the only process (`take_over` sends it with MAINPID=), else one byte on `ready_fd` (the
     master's, see `Master.run`). SIGUSR2 (one process): start the successor."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    if takeover is not None:
-        gateway = await take_over(config, log, takeover)
+    if takeover:
+        gateway = await take_over(config, log, drain)
     else:
         gateway = Gateway(config, log, worker, shared, sockets)
     releaser = Releaser(gateway, stop.set)
@@ -116,11 +119,11 @@ async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | N
     reload = gateway.reload_from_slot if shared is not None else lambda: _reload_file(gateway)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
     if shared is None:
-        loop.add_signal_handler(signal.SIGUSR2, lambda: spawn_successor(config, log))
-    if takeover is None:
+        loop.add_signal_handler(signal.SIGUSR2, lambda: spawn_successor(config, log, drain))
+    if not takeover:
         await gateway.start()
     if shared is None:
-        if takeover is None:  # after a takeover: MAINPID= and READY=1 are sent (take_over)
+        if not takeover:  # after a takeover: MAINPID= and READY=1 are sent (take_over)
             notify.ready()
     elif ready_fd is not None:
         os.write(ready_fd, b"1")
