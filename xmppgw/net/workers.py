@@ -134,7 +134,7 @@ async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | N
     if shared is None and not releaser.released:  # handed over: no longer the service
         notify.stopping()
     log.info("stopping" if shared is None else "worker_stopping")
-    await gateway.stop(graceful=not releaser.released)
+    await gateway.stop(graceful=True)  # after a takeover too: a SIGTERM may cut the drain short
     if shared is None:
         log.info("stopped")
 
