@@ -1,9 +1,10 @@
 """The benchmark's backends (the "reals").
 
-    python3 bench/backend.py xmpp HOST:PORT        an XMPP-ish responder (uvloop)
+    python3 bench/backend.py xmpp HOST:PORT [HOST:PORT2]   an XMPP-ish responder (uvloop)
     python3 bench/backend.py bulk HOST:SINK HOST:SOURCE   bulk sink and source (threads)
 
 The responder answers a stream header with its own header and `<stream:features>`, a
+ClientHello (direct TLS) with a record standing for a ServerHello (then waits), a
 `<starttls/>` with `<proceed/>` (then waits silently, as a server would for TLS), and echoes
 anything else byte for byte (the latency figure).
 
@@ -19,7 +20,7 @@ import socket
 import sys
 import threading
 
-from common import CHUNK, PAYLOAD, PROCEED, REPLY, STARTTLS, header_end, parse_addr
+from common import CHUNK, PAYLOAD, PROCEED, REPLY, SERVER_HELLO, STARTTLS, header_end, parse_addr
 
 HEADER_WAIT, FIRST_STANZA, ECHO, TLS_WAIT = range(4)
 
@@ -40,6 +41,10 @@ class Responder(asyncio.Protocol):
         if state == ECHO:
             self.transport.write(data)  # type: ignore[union-attr]
         elif state == HEADER_WAIT:
+            if not self.buf and data[:1] == b"\x16":  # direct TLS: a ClientHello
+                self.transport.write(SERVER_HELLO)  # type: ignore[union-attr]
+                self.state = TLS_WAIT
+                return
             self.buf += data
             end = header_end(self.buf)
             if end < 0:
@@ -65,11 +70,11 @@ class Responder(asyncio.Protocol):
             self.state = ECHO
 
 
-async def serve_xmpp(host: str, port: int) -> None:
+async def serve_xmpp(host: str, *ports: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Responder, host, port, backlog=4096, reuse_address=True)
-    async with server:
-        await server.serve_forever()
+    servers = [await loop.create_server(Responder, host, port, backlog=4096,
+                                        reuse_address=True) for port in ports]
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
 def _answer_header(conn: socket.socket) -> bytes:
@@ -123,7 +128,8 @@ def main() -> None:
     mode = sys.argv[1]
     if mode == "xmpp":
         import uvloop
-        uvloop.run(serve_xmpp(*parse_addr(sys.argv[2])))
+        host, port = parse_addr(sys.argv[2])
+        uvloop.run(serve_xmpp(host, port, *(parse_addr(a)[1] for a in sys.argv[3:])))
     elif mode == "bulk":
         serve_bulk(parse_addr(sys.argv[2]), parse_addr(sys.argv[3]))
     else:

@@ -36,6 +36,8 @@ from common import (
     PORTS,
     RSS_HAPROXY_HOST,
     RSS_XMPPGW_HOST,
+    TWO_HAPROXY_HOST,
+    TWO_XMPPGW_HOST,
     XMPPGW_HOST,
 )
 
@@ -235,8 +237,9 @@ def xmppgw_config(host: str, workers: int | None, services: list[str]) -> str:
     if workers is not None:
         out.append(f"workers = {workers}")
     for svc in services:
+        mode = "directtls" if svc == "xmpps" else "starttls"
         out += ["", "[[vserver]]", f'name = "{svc}"', f'virtual = "{host}:{PORTS[svc]}"',
-                'mode = "starttls"', f'serverfarm = "{svc}"']
+                f'mode = "{mode}"', f'serverfarm = "{svc}"']
     for svc in services:
         out += ["", "[[serverfarm]]", f'name = "{svc}"', "[[serverfarm.real]]",
                 f'address = "{BACKEND_HOST}:{PORTS[svc]}"']
@@ -279,9 +282,10 @@ class Setup:
 
     def backends(self, bulk: bool = True) -> None:
         """The XMPP responder; with `bulk` also the bulk sink/source and iperf3 -s."""
-        xmpp, sink, source, iperf = ((BACKEND_HOST, PORTS[s])
-                                     for s in ("xmpp", "sink", "source", "iperf"))
-        commands = [([PY, str(BENCH / "backend.py"), "xmpp", _hp(xmpp)], "xmpp backend", [xmpp])]
+        xmpp, xmpps, sink, source, iperf = ((BACKEND_HOST, PORTS[s])
+                                            for s in ("xmpp", "xmpps", "sink", "source", "iperf"))
+        commands = [([PY, str(BENCH / "backend.py"), "xmpp", _hp(xmpp), _hp(xmpps)],
+                     "xmpp backend", [xmpp, xmpps])]
         if bulk:
             commands += [
                 ([PY, str(BENCH / "backend.py"), "bulk", _hp(sink), _hp(source)], "bulk backend",
@@ -326,13 +330,16 @@ def measure_iperf(target: Target) -> float:
 
 
 def measure_handshakes(target: Target, seconds: float = HANDSHAKE_SECONDS,
-                       at_start: Callable[[], None] | None = None) -> dict:
+                       at_start: Callable[[], None] | None = None,
+                       service: str = "xmpp") -> dict:
     """Stream opens per second, HANDSHAKE_CLIENTS loops over HANDSHAKE_PROCS processes, and
-    the proxy's CPU use over the same window (`at_start` runs when the window opens)."""
+    the proxy's CPU use over the same window (`at_start` runs when the window opens).
+    `service` "xmpps": direct-TLS opens (a ClientHello, the backend's first record)."""
     start = time.time() + 1.0  # every process is up and warm by then
     per_proc = HANDSHAKE_CLIENTS // HANDSHAKE_PROCS
-    procs = [subprocess.Popen([PY, str(BENCH / "clients.py"), "handshakes", target.addr("xmpp"),
-                               str(per_proc), str(i), str(start), str(seconds)],
+    procs = [subprocess.Popen([PY, str(BENCH / "clients.py"), "handshakes", target.addr(service),
+                               str(per_proc), str(i), str(start), str(seconds),
+                               *(["tls"] if service == "xmpps" else [])],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH)
              for i in range(HANDSHAKE_PROCS)]
     try:
@@ -429,6 +436,10 @@ FIGURES = [  # key, label (as printed), unit, lower is better
     ("handshakes", "stream opens/s, 32 clients", "1/s", False),
     ("handshake_cpu", "proxy CPU during opens, % of a core", "%", True),
     ("handshakes_per_cpu", "stream opens per proxy CPU-second", "1/CPU-s", False),
+    ("tls_handshakes", "direct-TLS (5223) opens/s, 32 clients", "1/s", False),
+    ("tls_handshakes_per_cpu", "direct-TLS opens per proxy CPU-second", "1/CPU-s", False),
+    ("handshakes_2w", "stream opens/s, workers = 2 / nbthread 2", "1/s", False),
+    ("scale_2w", "opens/s with 2 workers over 1 (same round)", "x", False),
     *[(f"{where}_{added}{q}", f"{'added ' if added else ''}{q} µs, 100 B stanza RTT, {label}",
        "µs", True)
       for where, label in (("free", "free sched."), ("cpu0", "one CPU"))
@@ -445,7 +456,9 @@ NOT_APPLICABLE = {  # (figure, target): why there is no number
     ("iperf3", "xmppgw"): "n/a (no header)",
     **{(k, "direct"): "-" for k in
        ("handshake_cpu", "handshakes_per_cpu", "free_added_p50", "free_added_p99",
-        "cpu0_added_p50", "cpu0_added_p99", *MEMORY_KEYS)},
+        "cpu0_added_p50", "cpu0_added_p99", "tls_handshakes_per_cpu", "handshakes_2w",
+        "scale_2w", *MEMORY_KEYS)},
+    **{(k, "haproxy_best"): "-" for k in ("handshakes_2w", "scale_2w")},
     # Idle streams never splice; the defaults' maxconn also admits the 9k step.
     **{(k, "haproxy_best"): "(defaults)" for k in MEMORY_KEYS},
 }
@@ -457,13 +470,19 @@ def run_rounds(setup: Setup, rounds: int, quiet: list[float]) -> dict[str, dict[
     measured before each round."""
     runs: dict[str, dict[str, list[float]]] = {k: {t: [] for t in TARGETS} for k, *_ in FIGURES}
     setup.backends()
+    proxied = ["xmpp", "xmpps", "sink", "source", "iperf"]
     targets = [Target("direct", BACKEND_HOST),
-               Target("haproxy", HAPROXY_HOST,
-                      setup.haproxy(HAPROXY_HOST, ["xmpp", "sink", "source", "iperf"])),
+               Target("haproxy", HAPROXY_HOST, setup.haproxy(HAPROXY_HOST, proxied)),
                Target("haproxy_best", HAPROXY_BEST_HOST,
-                      setup.haproxy(HAPROXY_BEST_HOST, ["xmpp", "sink", "source", "iperf"],
-                                    best=True)),
-               Target("xmppgw", XMPPGW_HOST, setup.xmppgw(XMPPGW_HOST, ["xmpp", "sink", "source"]))]
+                      setup.haproxy(HAPROXY_BEST_HOST, proxied, best=True)),
+               Target("xmppgw", XMPPGW_HOST,
+                      setup.xmppgw(XMPPGW_HOST, ["xmpp", "xmpps", "sink", "source"]))]
+    # Two workers against two threads, beside the single ones (only when those are single).
+    twos: list[Target] = []
+    if setup.workers == 1 and setup.workers_key:
+        two = Setup(setup.workdir, 2, True, setup.stack)
+        twos = [Target("haproxy", TWO_HAPROXY_HOST, two.haproxy(TWO_HAPROXY_HOST, ["xmpp"])),
+                Target("xmppgw", TWO_XMPPGW_HOST, two.xmppgw(TWO_XMPPGW_HOST, ["xmpp"]))]
     run_json(["latency", "500", *(t.addr("xmpp") for t in targets)])  # warm every path
 
     def record(key: str, target: Target, value: float) -> None:
@@ -488,6 +507,15 @@ def run_rounds(setup: Setup, rounds: int, quiet: list[float]) -> dict[str, dict[
             if "cpu_pct" in hs:
                 record("handshake_cpu", t, hs["cpu_pct"])
                 record("handshakes_per_cpu", t, hs["per_cpu_second"])
+        for t in order:
+            hs = measure_handshakes(t, service="xmpps")
+            record("tls_handshakes", t, hs["rate"])
+            if "per_cpu_second" in hs:
+                record("tls_handshakes_per_cpu", t, hs["per_cpu_second"])
+        for t in twos:
+            rate = measure_handshakes(t)["rate"]
+            record("handshakes_2w", t, rate)
+            record("scale_2w", t, rate / runs["handshakes"][t.name][-1])
         for where, one_cpu in (("free", False), ("cpu0", True)):
             lat = measure_latency(setup, order, one_cpu)
             for t in order:
@@ -537,6 +565,10 @@ def goals(f: dict) -> list[dict]:
     return [
         g("bulk >= 1.0x HAProxy at its best", up >= 1 and down >= 1,
           f"x{up:.2f} client->server, x{down:.2f} server->client"),
+        g("with 2 workers, opens/s >= 1.8x one worker's",
+          (f["scale_2w"]["xmppgw"] or 0) >= 1.8,
+          f"x{f['scale_2w']['xmppgw'] or 0:.2f} (HAProxy nbthread 2: "
+          f"x{f['scale_2w']['haproxy'] or 0:.2f}); 2 vCPUs shared with the load clients"),
         g("stream opens per proxy CPU-second >= 0.5x HAProxy's", per_cpu >= 0.5,
           f"x{per_cpu:.2f}; opens/s x{f['handshakes']['ratio']:.2f} (noisy on a shared machine)"),
         g("RSS per stream parked before STARTTLS <= 2x HAProxy's", parked["ratio"] <= 2,
@@ -881,7 +913,7 @@ def cprofile_report(workdir: Path, seconds: float) -> str:
               f"{free['per_cpu_second']:,.0f} opens per CPU-second "
               f"({1e6 / free['per_cpu_second']:.0f} µs of xmppgw CPU per open)\n")
     pstats.Stats(str(prof), stream=buf).sort_stats("tottime").print_stats(30)
-    pstats.Stats(str(prof), stream=buf).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(str(prof), stream=buf).sort_stats("cumulative").print_stats(70)
     return buf.getvalue()
 
 

@@ -2,7 +2,7 @@
 
     python3 bench/clients.py bulk HOST:PORT up|down SECONDS
     python3 bench/clients.py latency COUNT HOST:PORT [HOST:PORT...]
-    python3 bench/clients.py handshakes HOST:PORT CONNS GROUP START SECONDS
+    python3 bench/clients.py handshakes HOST:PORT CONNS GROUP START SECONDS [tls]
     python3 bench/clients.py hold HOST:PORT GROUP [parked]   (commands on stdin: "hold N")
 
 Every connection speaks real c2s XMPP first: the stream header, then it waits for the
@@ -20,12 +20,14 @@ import time
 
 from common import (
     CHUNK,
+    CLIENT_HELLO,
     FEATURES_END,
     HEADER,
     PAYLOAD,
     PRESENCE,
     PROCEED,
     REPLY,
+    SERVER_HELLO,
     STANZA,
     STARTTLS,
     client_socket,
@@ -130,18 +132,19 @@ def _percentile(ns: list[int], q: float) -> float:
 class Stream(asyncio.Protocol):
     """Opens a stream; with `starttls` also asks for STARTTLS and waits for `<proceed/>`."""
 
-    __slots__ = ("buf", "done", "expect", "starttls", "transport")
+    __slots__ = ("buf", "done", "expect", "first", "starttls", "transport")
 
-    def __init__(self, done: asyncio.Future, starttls: bool = False) -> None:
+    def __init__(self, done: asyncio.Future, starttls: bool = False, tls: bool = False) -> None:
         self.done = done
         self.starttls = starttls
-        self.expect = REPLY
+        self.first = CLIENT_HELLO if tls else HEADER  # tls: direct TLS, a ClientHello first
+        self.expect = SERVER_HELLO if tls else REPLY
         self.buf = b""
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.write(HEADER)  # type: ignore[attr-defined]
+        transport.write(self.first)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -163,7 +166,7 @@ class Stream(asyncio.Protocol):
             self.done.set_result(ok)
 
 
-async def _connect(target: tuple[str, int], src: str, starttls: bool
+async def _connect(target: tuple[str, int], src: str, starttls: bool, tls: bool = False
                    ) -> tuple[asyncio.Transport, bool]:
     loop = asyncio.get_running_loop()
     sock = client_socket(src)
@@ -174,14 +177,15 @@ async def _connect(target: tuple[str, int], src: str, starttls: bool
         sock.close()
         raise
     done = loop.create_future()
-    transport, _ = await loop.create_connection(lambda: Stream(done, starttls), sock=sock)
+    transport, _ = await loop.create_connection(lambda: Stream(done, starttls, tls), sock=sock)
     return transport, await done
 
 
 async def handshakes(target: tuple[str, int], conns: int, group: int, start: float,
-                     seconds: float) -> dict:
-    """`conns` loops of: connect, header, wait for header + features, close. Counts those
-    completed in [start, start + seconds) (wall clock, shared with the other processes)."""
+                     seconds: float, tls: bool = False) -> dict:
+    """`conns` loops of: connect, header, wait for header + features, close (with `tls`:
+    ClientHello, wait for the backend's first record, close). Counts those completed in
+    [start, start + seconds) (wall clock, shared with the other processes)."""
     end = start + seconds
     stats = {"ok": 0, "bad": 0, "errors": 0, "first_error": None}
 
@@ -189,7 +193,7 @@ async def handshakes(target: tuple[str, int], conns: int, group: int, start: flo
         src = source_ip(group, i)
         while time.time() < end:
             try:
-                transport, ok = await _connect(target, src, starttls=False)
+                transport, ok = await _connect(target, src, starttls=False, tls=tls)
                 transport.close()
             except OSError as exc:
                 ok = None
@@ -252,7 +256,7 @@ def main() -> None:
     elif cmd == "handshakes":
         import uvloop
         result = uvloop.run(handshakes(target, int(args[0]), int(args[1]), float(args[2]),
-                                       float(args[3])))
+                                       float(args[3]), tls=args[4:5] == ["tls"]))
     elif cmd == "hold":
         import uvloop
         uvloop.run(hold(target, int(args[0]), starttls=args[1:2] != ["parked"]))

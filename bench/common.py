@@ -14,9 +14,12 @@ XMPPGW_HOST = "127.0.8.2"
 RSS_HAPROXY_HOST = "127.0.8.3"  # fresh proxies for the memory figure
 RSS_XMPPGW_HOST = "127.0.8.4"
 HAPROXY_BEST_HOST = "127.0.8.5"  # HAProxy at its best: splicing on, tuned buffers
+# 127.0.8.6: bench.py profile's xmppgw without the profiler
+TWO_HAPROXY_HOST = "127.0.8.7"  # nbthread 2
+TWO_XMPPGW_HOST = "127.0.8.8"  # workers = 2
 
 # One port per service, the same on every target: target = (host, PORTS[service]).
-PORTS = {"xmpp": 5222, "sink": 5301, "source": 5302, "iperf": 5201}
+PORTS = {"xmpp": 5222, "xmpps": 5223, "sink": 5301, "source": 5302, "iperf": 5201}
 
 # The client's c2s stream header, exactly as the issue gives it.
 HEADER = (b"<?xml version='1.0'?><stream:stream to='example.test' xmlns='jabber:client' "
@@ -30,6 +33,30 @@ FEATURES_END = b"</stream:features>"
 STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 PROCEED = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 PRESENCE = b"<presence/>"  # a first stanza without STARTTLS: the gateway stops parsing
+
+
+def _client_hello(sni: bytes) -> bytes:
+    """A TLS 1.3 ClientHello record naming `sni` and ALPN xmpp-client (XEP-0368), as a
+    direct-TLS client opens; enough for a proxy that routes on SNI, not for a TLS server."""
+    def vec(data: bytes, size: int) -> bytes:
+        return len(data).to_bytes(size, "big") + data
+
+    def ext(kind: int, data: bytes) -> bytes:
+        return kind.to_bytes(2, "big") + vec(data, 2)
+
+    exts = (ext(0, vec(b"\x00" + vec(sni, 2), 2))
+            + ext(16, vec(vec(b"xmpp-client", 1), 2))
+            + ext(43, vec(b"\x03\x04\x03\x03", 1)))
+    body = (b"\x03\x03" + bytes(32) + vec(bytes(32), 1) + vec(b"\x13\x01", 2)
+            + vec(b"\x00", 1) + vec(exts, 2))
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + vec(handshake, 2)
+
+
+# Direct TLS (XEP-0368, port 5223): the client's ClientHello, and the backend's first bytes
+# (a record that stands for its ServerHello: the proxies relay it without looking).
+CLIENT_HELLO = _client_hello(b"example.test")
+SERVER_HELLO = b"\x16\x03\x03\x00\x40" + bytes(64)
 
 
 def stanza(size: int = 100) -> bytes:

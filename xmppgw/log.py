@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
+import json
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 import structlog
+from structlog.processors import JSONRenderer
 
 FLUSH_DELAY = 0.05
 FLUSH_BYTES = 65536
@@ -72,22 +76,52 @@ class BufferedLoggerFactory:
 
 FORMATS = ("auto", "json", "console")  # `gateway.log_format`
 
+_LEVELS = {"warn": "warning", "exception": "error"}  # structlog's add_log_level mapping
+
+
+class JSONLine:
+    """structlog's add_log_level, TimeStamper(fmt="iso", utc=True) and JSONRenderer in one
+    processor, with the same output: one call instead of three for every connection's line,
+    and the date and time of day formatted once a second, not per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+        self._fallback = JSONRenderer()._dumps_kw["default"]
+
+    def timestamp(self, now: float) -> str:
+        """`datetime.now(UTC).isoformat()` with Z for +00:00 (microseconds left out when
+        zero, as isoformat does)."""
+        second = int(now)
+        micro = round((now - second) * 1e6)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.datetime.fromtimestamp(
+                second, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+
+    def __call__(self, _logger: Any, method: str, event_dict: dict[str, Any]) -> str:
+        event_dict["level"] = _LEVELS.get(method, method)
+        event_dict["timestamp"] = self.timestamp(time.time())
+        return json.dumps(event_dict, default=self._fallback)
+
 
 def configure(fmt: str = "auto", stream: TextIO | None = None) -> Any:
     """One JSON object per line unless a person is watching (`auto` + a terminal)."""
     stream = stream or sys.stdout
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    renderer = (structlog.dev.ConsoleRenderer() if fmt == "console"
-                else structlog.processors.JSONRenderer())
     factory: Any = (structlog.PrintLoggerFactory(stream) if fmt == "console"
                     else BufferedLoggerFactory(stream))
+    processors: list[Any] = ([
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.dev.ConsoleRenderer(),
+    ] if fmt == "console" else [JSONLine()])
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=factory,
         cache_logger_on_first_use=True,
