@@ -372,6 +372,10 @@ class Lab:
         result.relogin_p99_s = round(percentile(times, 0.99) or 0.0, 3) if times else None
         errors = self.gateway_errors(mark)
         result.gateway_errors = len(errors)
+        result.details["failures"] = sorted(
+            [(round(r["t"] - since, 2), f"client {r.get('client')}", str(r.get("reason"))[:100])
+             for r in fails]
+            + [(round(t - since, 2), "arrival", why[:100]) for t, why in churn_failed])[:30]
         result.details["failed_reasons"] = sorted(
             {str(r.get("reason"))[:120] for r in fails} | {why[:120] for _, why in churn_failed})
         logins = [a.login_s for a in self.churn.arrivals
