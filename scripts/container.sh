@@ -142,10 +142,10 @@ build_wheelhouse() {
     rm -rf "$WHEELHOUSE" "$dist"
     mkdir -p build
     # The sdist, then the wheel from it, as `python -m build` does: nothing stale under
-    # build/lib gets in. A fixed SOURCE_DATE_EPOCH (the last commit's) makes the same
-    # sources give the same wheel, byte for byte, so podman's layer cache holds.
-    export SOURCE_DATE_EPOCH
-    SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 315532800)
+    # build/lib gets in. A fixed SOURCE_DATE_EPOCH (1980-01-01, zip's first date: not the
+    # last commit's, which any commit moves) stamps every file of the wheel alike, so the
+    # same sources give the same wheel, byte for byte, and podman's layer cache holds.
+    export SOURCE_DATE_EPOCH=315532800
     if ! { "$python" -m build --outdir "$dist" . &&
            "$python" -m pip wheel --disable-pip-version-check --wheel-dir "$WHEELHOUSE" \
                "$(ls "$dist"/xmppgw-*.whl)[probes,fast]" pip; } >"$log" 2>&1; then
@@ -153,7 +153,8 @@ build_wheelhouse() {
         die "wheelhouse failed (whole log: $log)"
     fi
     rm -rf "$dist"
-    say "wheelhouse: $(ls "$WHEELHOUSE" | wc -l) wheels in $WHEELHOUSE ($((SECONDS - started)) s)"
+    local wheels=("$WHEELHOUSE"/*.whl)
+    say "wheelhouse: ${#wheels[@]} wheels in $WHEELHOUSE ($((SECONDS - started)) s)"
 }
 
 build_image() {
