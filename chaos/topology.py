@@ -2,11 +2,11 @@
 gateway and each real.
 
     clients (slixmpp, from 127.0.10.x) -> xmppgw on VIP (5222 STARTTLS, 5223 direct TLS, 5269
-    s2s; SRV records on VIP:5353) -> toxiproxy on 127.0.6.N (one proxy per port) -> ejabberd
+    s2s; SRV records on VIP:5353) -> toxiproxy on 127.0.66.N (one proxy per port) -> ejabberd
     node N on 127.0.2.N (5322 / 5323: ejabberd's default-backlog listeners; 5269)
 
 The farm is conf/seed.toml's: leastconns, per real weight 5 and reassign 4, an xmpp-stream
-probe, the fourth real (the spare, 127.0.6.4 -> 127.0.2.4) out of service; faildetect and retry
+probe, the fourth real (the spare, 127.0.66.4 -> 127.0.2.4) out of service; faildetect and retry
 scaled down for a population of dozens (as conf/demo-failover.toml does). Every fault goes
 through toxiproxy-python, against a Toxiproxy server chosen by `toxiproxy_server()`: the one
 TOXIPROXY_URL names, else a real `toxiproxy-server` on PATH (started on a free port), else the
@@ -35,8 +35,10 @@ from chaos.toxiproxy import ThreadedToxiproxy
 from tests.harness.servers import DEFAULT_BACKLOG_C2S_PORT, DEFAULT_BACKLOG_C2S_TLS_PORT, Servers
 
 VIP = "127.0.1.70"
-PROXY_NET = "127.0.6"
-CLIENT_NET = "127.0.7.1"  # the client links' proxies: clients -> CLIENT_NET:port -> VIP  # real N of the farm is 127.0.6.N, a proxy to ejabberd node N
+# Address blocks no other test uses (tests/integration/test_transport.py has 127.0.6.x), so a
+# chaos run beside another helper's tests does not collide with them.
+PROXY_NET = "127.0.66"  # real N of the farm is 127.0.66.N, a proxy to ejabberd node N
+CLIENT_NET = "127.0.67.1"  # the client links' proxies: clients -> CLIENT_NET:port -> VIP
 SPARE_NODE = "127.0.2.4"  # the seed's spare: out of service (no node runs there)
 RETRY = 5
 # vserver port -> the nodes' port behind the proxy
@@ -213,7 +215,15 @@ class Toxics:
     def _create(self, name: str, listen: str, upstream: str) -> Proxy:
         if name in self.client.proxies():
             self.client.get_proxy(name).destroy()
-        proxy = self.client.create(upstream=upstream, name=name, listen=listen)
+        try:
+            proxy = self.client.create(upstream=upstream, name=name, listen=listen)
+        except KeyError:  # toxiproxy-python reads an error answer as a proxy: say what it was
+            import requests
+
+            reply = requests.post(f"{self.url}/proxies", timeout=10, json={
+                "name": name, "listen": listen, "upstream": upstream})
+            raise RuntimeError(f"toxiproxy: cannot create {name} on {listen}: "
+                               f"{reply.status_code} {reply.text.strip()}") from None
         self.proxies[name] = proxy
         return proxy
 

@@ -26,8 +26,8 @@ from chaos.progress import Progress
 from chaos.topology import Toxics
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_NET = "127.0.16"  # not the suite's 127.0.6 / 127.0.7: a run beside these tests is fine
-TEST_CLIENT_NET = "127.0.17.1"
+TEST_NET = "127.0.86"  # not the suite's 127.0.66 / 127.0.67: a run beside these tests is fine
+TEST_CLIENT_NET = "127.0.87.1"
 
 
 def test_message_body_checks_out_and_a_changed_byte_does_not() -> None:
@@ -89,7 +89,7 @@ def _check_drives(toxics: Toxics, port: int) -> None:
     assert proxies["real1-5222"]["listen"] == f"{TEST_NET}.1:5222"
     assert proxies["real1-5222"]["upstream"] == "127.0.2.1:5322"
     assert proxies["real4-5269"]["upstream"] == "127.0.2.4:5269"
-    assert proxies["client-5223"]["upstream"] == "127.0.16.70:5223"
+    assert proxies["client-5223"]["upstream"] == "127.0.86.70:5223"
     host, client_port = toxics.client_link(5222)
     assert (host, client_port) != (TEST_CLIENT_NET, 0) and client_port > 0
     toxics.add_client(type="slicer", name="s", attributes={"average_size": 10})
@@ -102,7 +102,7 @@ def _check_drives(toxics: Toxics, port: int) -> None:
 def test_toxiproxy_url_names_the_server_the_suite_drives(
         separate_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOXIPROXY_URL", f"http://127.0.0.1:{separate_server}")
-    toxics = Toxics(SERVERS, vip="127.0.16.70", net=TEST_NET,  # type: ignore[arg-type]
+    toxics = Toxics(SERVERS, vip="127.0.86.70", net=TEST_NET,  # type: ignore[arg-type]
                     client_net=TEST_CLIENT_NET).start()
     try:
         assert toxics.server.bundled is None and toxics.server.process is None
@@ -125,7 +125,7 @@ cd {ROOT} && exec {sys.executable} -m chaos.toxiproxy --host "$H" --port "$P" --
     binary.chmod(0o755)
     monkeypatch.delenv("TOXIPROXY_URL", raising=False)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    toxics = Toxics(SERVERS, vip="127.0.16.70", net=TEST_NET,  # type: ignore[arg-type]
+    toxics = Toxics(SERVERS, vip="127.0.86.70", net=TEST_NET,  # type: ignore[arg-type]
                     client_net=TEST_CLIENT_NET).start()
     process = toxics.server.process
     try:
@@ -141,7 +141,7 @@ def test_without_either_the_bundled_server_runs_in_a_thread(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TOXIPROXY_URL", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
-    toxics = Toxics(SERVERS, vip="127.0.16.70", net=TEST_NET,  # type: ignore[arg-type]
+    toxics = Toxics(SERVERS, vip="127.0.86.70", net=TEST_NET,  # type: ignore[arg-type]
                     client_net=TEST_CLIENT_NET).start()
     try:
         assert toxics.server.bundled is not None and toxics.server.kind.startswith("bundled")
