@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -233,12 +234,13 @@ DUMMY_VIP = "127.0.1.63"
 DUMMY_REAL = "127.0.1.64"  # nothing listens there; no client connects in these tests
 
 
-def dummy_config(control: Path, workers: int = 1, extra: str = "") -> str:
+def dummy_config(control: Path, workers: int = 1, extra: str = "", side: str = "") -> str:
     return f"""
 [gateway]
 domains = ["example.test"]
 workers = {workers}
 control_socket = "{control}"
+{side}
 
 [[vserver]]
 name = "C2S"
@@ -284,17 +286,26 @@ def gone(pid: int) -> bool:
     return state == "Z"
 
 
-def dummy_holders() -> list[int]:
-    out = subprocess.run(["ss", "-Hltnp", f"src {DUMMY_VIP} and sport = :5222"],
+def dummy_holders(port: int = 5222, udp: bool = False) -> list[int]:
+    out = subprocess.run(["ss", "-Hlunp" if udp else "-Hltnp",
+                          f"src {DUMMY_VIP} and sport = :{port}"],
                          capture_output=True, text=True, check=True, timeout=10).stdout
     return [int(pid) for pid in re.findall(r"pid=(\d+),fd=", out)]
+
+
+# the metrics listener and the SRV publisher's DNS server: handed over too (bound anew)
+SIDE = f"""metrics = "{DUMMY_VIP}:9105"
+
+[srv]
+listen = "{DUMMY_VIP}:5353"
+"""
 
 
 def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: Path) -> None:
     """As under the unit: SIGUSR2 to the main PID; the successor (its child, so in the
     service's cgroup) sends MAINPID= and READY=1; the old one sends no STOPPING=1."""
     notes = NotifySocket(short_dir / "notify")
-    old = GatewayProcess(dummy_config(short_dir / "ctl.sock"), short_dir,
+    old = GatewayProcess(dummy_config(short_dir / "ctl.sock", side=SIDE), short_dir,
                          env={"NOTIFY_SOCKET": str(short_dir / "notify")})
     old.run_args = ["--drain", "3"]
     old.start()
@@ -313,6 +324,11 @@ def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: 
         assert old.proc is not None and old.proc.wait(15) == 0, old.log_text()
         notes.quiet()  # no STOPPING=1 from the old process
         assert dummy_holders() == [successor]
+        wait_until(lambda: dummy_holders(9105) == [successor], 10, "the metrics listener")
+        wait_until(lambda: dummy_holders(5353) == dummy_holders(5353, udp=True) == [successor],
+                   10, "the DNS server")
+        with urllib.request.urlopen(f"http://{DUMMY_VIP}:9105/metrics", timeout=10) as page:
+            assert b"xmppgw" in page.read()
         assert json.loads(old.show("vservers", "--json"))[0]["inservice"]  # the new one answers
         os.kill(successor, signal.SIGTERM)
         fields, pid = notes.next()

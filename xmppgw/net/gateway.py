@@ -148,18 +148,22 @@ class Gateway:
             raise
 
     async def stop_side(self) -> None:
-        """Close the metrics and SRV listeners and the probes (a handover: the new process
-        takes them over); the streams go on."""
-        if self.health is not None:
-            await self.health.stop()
-            self.health = None
+        """Close the SRV and metrics listeners and stop the probes (a handover: the new
+        process takes them over); the streams go on.
+
+        The SRV publisher first, before any await: stopping as it is (listening nowhere),
+        this gateway must not publish records without its own targets; the new process
+        publishes its own set."""
+        if self.srv is not None:
+            srv, self.srv = self.srv, None
+            await srv.stop()
         if self._metrics_server is not None:
             server, self._metrics_server = self._metrics_server, None
             await asyncio.get_running_loop().run_in_executor(None, server.shutdown)
             server.server_close()
-        if self.srv is not None:
-            await self.srv.stop()
-            self.srv = None
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
 
     async def start_probes(self, config: Config) -> None:
         """(Re)start the active probes of `config` (worker 0; none if no farm has any)."""
