@@ -188,6 +188,10 @@ for arg in "$@"; do
     esac
 done
 command -v podman >/dev/null || die "podman is not installed (scripts/setup.sh installs it)"
+# One build at a time on a machine: two would share build/wheelhouse, and one's prune could
+# take an image the other is still building on.
+exec 9>"${TMPDIR:-/tmp}/xmppgw-container-build.lock"
+flock 9
 build_base "$rebuild_base"
 [ "$command" = base ] && exit 0
 build_wheelhouse
