@@ -20,6 +20,7 @@ import argparse
 import cProfile
 import gc
 import io
+import os
 import pstats
 import sys
 import time
@@ -27,7 +28,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# BENCH_XMPPGW_SRC: another checkout's xmppgw (a before/after comparison), as for bench.py
+sys.path.insert(0, os.environ.get("BENCH_XMPPGW_SRC", str(Path(__file__).resolve().parent.parent)))
 
 from xmppgw.config import (
     Address,

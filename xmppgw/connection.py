@@ -103,6 +103,10 @@ LOG_ITEM_MAX = 64
 
 
 class Phase(Enum):
+    # Members are singletons compared by identity: hash them by identity too, in C; Enum's
+    # own __hash__ is a Python call on every `phase in KEEP_OPEN` (several per event).
+    __hash__ = object.__hash__
+
     AWAIT_PROXY = "await_proxy"
     SNIFFING = "sniffing"
     CONNECTING = "connecting"

@@ -118,6 +118,10 @@ NO_RESPONSE = "no response"
 
 
 class Phase(StrEnum):
+    # A StrEnum equals its value: hash it as that str, in C (Enum's __hash__ is a Python
+    # call on every `attempt.phase in IN_FLIGHT`).
+    __hash__ = str.__hash__
+
     CONNECTING = "connecting"  # SYN sent, no handshake yet
     REPLAYED = "replayed"  # handshake done, client bytes replayed, waiting for a first byte
     COMMITTED = "committed"
