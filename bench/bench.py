@@ -702,11 +702,31 @@ def main_only_parked(args: argparse.Namespace, workdir: Path) -> int:
     return 0
 
 
+def main_only_opens(args: argparse.Namespace, workdir: Path) -> int:
+    """`--only opens`: stream opens per xmppgw CPU-second (and µs of CPU per open), `rounds`
+    windows on one xmppgw, printed: the figure a shared machine skews least."""
+    out = []
+    with contextlib.ExitStack() as stack:
+        setup = Setup(workdir, 1, False, stack)
+        setup.backends(bulk=False)
+        target = Target("xmppgw", XMPPGW_HOST, setup.xmppgw(XMPPGW_HOST, ["xmpp"]))
+        for r in range(args.rounds):
+            hs = measure_handshakes(target)
+            out.append(round(hs["per_cpu_second"]))
+            log(f"opens round {r + 1}/{args.rounds}: {_load_line(hs)}, "
+                f"{hs['per_cpu_second']:,.0f} per CPU-second")
+    print(json.dumps({"opens_per_cpu_second": out,
+                      "cpu_us_per_open": [round(1e6 / x) for x in out]}))
+    return 0
+
+
 def main_bench(args: argparse.Namespace, workdir: Path) -> int:
     if args.only == "rss":
         return main_only_rss(args, workdir)
     if args.only == "parked":
         return main_only_parked(args, workdir)
+    if args.only == "opens":
+        return main_only_opens(args, workdir)
     RESULTS.mkdir(exist_ok=True)
     accepted, message = workers_accepted(workdir, args.workers)
     workers = args.workers if accepted else 1
@@ -928,9 +948,10 @@ def main() -> int:
     parser.add_argument("--cprofile", action="store_true",
                         help="profile: cProfile instead of py-spy (call counts)")
     parser.add_argument("--label", default="latest", help="profile --cprofile: file name part")
-    parser.add_argument("--only", choices=["rss", "parked"],
+    parser.add_argument("--only", choices=["rss", "parked", "opens"],
                         help="bench: only this figure, for xmppgw (rss: RSS per idle stream; "
-                             "parked: RSS per stream parked before STARTTLS, HAProxy too)")
+                             "parked: RSS per stream parked before STARTTLS, HAProxy too; "
+                             "opens: stream opens per xmppgw CPU-second)")
     args = parser.parse_args()
     # a TERM (or ^C) unwinds through every finally: no process is left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
