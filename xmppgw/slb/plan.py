@@ -131,6 +131,7 @@ class Phase(StrEnum):
 
 
 IN_FLIGHT = frozenset({Phase.CONNECTING, Phase.REPLAYED})
+_NONE_TRIED: frozenset[Real] = frozenset()
 
 
 @dataclass(slots=True, eq=False)
@@ -227,7 +228,10 @@ class ConnectPlan:
     @property
     def tried(self) -> frozenset[Real]:
         """Reals this connection has used (each is tried at most once)."""
-        return frozenset(a.real for a in self.attempts)
+        attempts = self.attempts
+        if not attempts:  # every connection's first pick
+            return _NONE_TRIED
+        return frozenset([a.real for a in attempts])
 
     @property
     def deadline(self) -> float | None:
