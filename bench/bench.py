@@ -1,7 +1,13 @@
 """xmppgw against HAProxy (TCP mode) and a direct connection, on loopback.
 
     python3 bench/bench.py [--rounds 3] [--workers 1]     the figures (bash bench/run.sh)
+    python3 bench/bench.py --only rss|parked|opens         one figure, printed (a busy machine)
     python3 bench/bench.py profile [--seconds 10]          handshake profile (bench/profile.sh)
+    python3 bench/bench.py profile --cprofile --label X    cProfile call counts, results/profiles/
+
+HAProxy runs twice: with its defaults and at its best (splice-auto, tuned buffers); each
+ratio is xmppgw over the better of the two. BENCH_XMPPGW_SRC=DIR measures the xmppgw package
+found in DIR instead of this checkout's (a before/after comparison).
 
 Every figure is measured for every target in each round, the targets in a rotating order
 (A/B/C, B/C/A, ...), and the median over the rounds is reported. Results go to

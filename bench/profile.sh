@@ -4,6 +4,8 @@
 # bench/results/profile-handshake.txt. About 25 seconds.
 #
 #   bash bench/profile.sh [--seconds 10]
+#   bash bench/profile.sh --cprofile --label NAME   cProfile call counts and the CPU per open,
+#                                                   in bench/results/profiles/ (a busy machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
