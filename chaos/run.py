@@ -405,6 +405,17 @@ class Lab:
         return [r["new"] for r in self.gateway_since(mark, "real_state")
                 if r.get("real") == real.address]
 
+    def conns(self, real: Real) -> int:
+        """The real's current connections as `show reals` has them (0 if not listed)."""
+        self.watch.poll_show()
+        with self.watch.lock:
+            text = self.watch.reals_text
+        for line in text.splitlines():
+            words = line.split()
+            if len(words) > 4 and words[0] == real.address and words[4].isdigit():
+                return int(words[4])
+        return 0
+
     def operational(self) -> bool:
         return all(self.watch.state(r.address) == "OPERATIONAL" for r in self.reals[:3])
 

@@ -28,10 +28,11 @@ from tests.harness.servers import DEFAULT_BACKLOG_C2S_PORT
 
 DOWN_STATES = ("FAILED", "PROBE_FAILED")
 RESET_REAL = 0  # ej1
-KILLED_REAL = 1  # ej2: not ej1, the node the others joined
 DRAINED_REAL = 2  # ej3
-HUNG_REAL = 2  # ej3: SIGSTOP
-STOPPED_REAL = 2  # ej3: ejabberdctl stop
+# SIGSTOP, ejabberdctl stop and kill -9 hit whichever of these has the most sessions then
+# (a drained or restarted node is empty until clients are cut elsewhere): not ej1, the node
+# the others joined
+NODE_FAULT_REALS = (1, 2)
 BLACKHOLED_REAL = 0  # ej1: its SYNs dropped (the Erlang cluster's own traffic is untouched)
 SPARE_REAL = 3
 RELOGIN_P99_LIMIT = 10.0  # "cut sessions back within a few seconds"
@@ -127,6 +128,11 @@ def restart(lab: Lab, index: int) -> None:
                  f"{real.address} OPERATIONAL again")
     except TimeoutError:
         pass  # the scenario's check says so
+
+
+def busiest(lab: Lab, indices: Sequence[int] = NODE_FAULT_REALS) -> int:
+    """The index of the real among `indices` with the most connections now."""
+    return max(indices, key=lambda i: lab.conns(lab.reals[i]))
 
 
 def _since_state(lab: Lab, real: Any, mark: int, states: Sequence[str]) -> float | None:
@@ -248,9 +254,11 @@ def spare(lab: Lab, result: Result) -> None:
 def sigstop(lab: Lab, result: Result) -> None:
     """SIGSTOP of one node (hung: its sockets open, nothing answers): probes detect it, no
     new login fails after that; then SIGCONT and it comes back."""
-    real = lab.reals[HUNG_REAL]
+    hung = busiest(lab)
+    real = lab.reals[hung]
+    sessions = lab.conns(real)
     since, mark = time.time(), lab.mark()
-    pid = lab.servers.ejabberd.pid_of(HUNG_REAL)
+    pid = lab.servers.ejabberd.pid_of(hung)
     detected: float | None = None
     with stopped(pid):
         try:
@@ -266,7 +274,8 @@ def sigstop(lab: Lab, result: Result) -> None:
     back = _back(lab)
     after = lab.failures_begun_after(detected) if detected is not None else []
     pings = [r for r in lab.figures.records("ping") if since <= r["t"] <= continued]
-    result.details |= {"hung_real": real.address, "states": lab.real_states(real, mark),
+    result.details |= {"hung_real": real.address, "its_connections": sessions,
+                       "states": lab.real_states(real, mark),
                        "detected_after_s": None if detected is None
                        else round(detected - since, 2),
                        "failed_after_detection": after[:10],
@@ -284,20 +293,33 @@ def sigstop(lab: Lab, result: Result) -> None:
 def ctl_stop(lab: Lab, result: Result) -> None:
     """`ejabberdctl stop` of one node: its sessions closed, no failed new login, the cut
     sessions back within seconds."""
-    real = lab.reals[STOPPED_REAL]
+    stopped_real = busiest(lab)
+    real = lab.reals[stopped_real]
+    result.details["its_connections"] = lab.conns(real)
     since, mark = time.time(), lab.mark()
-    lab.servers.ejabberd.stop_node(STOPPED_REAL)
+    lab.servers.ejabberd.stop_node(stopped_real)
     try:
         wait_for(lambda: lab.records("down", since), 30, "the stopped node's clients cut")
         back = _back(lab)
         time.sleep(lab.sizes.settle)
         lab.fill(result, since, mark)
         result.details["states"] = lab.real_states(real, mark)
+        out = _since_state(lab, real, mark, DOWN_STATES)
     finally:
-        restart(lab, STOPPED_REAL)
+        restart(lab, stopped_real)
+    after = lab.failures_begun_after(out) if out is not None else []
+    result.details |= {"out_of_farm_after_s": None if out is None else round(out - since, 2),
+                       "failed_after_out": after[:10]}
     result.check(result.sessions_cut > 0, f"sessions cut: {result.sessions_cut} (> 0)")
     result.check(result.failed == 0, f"failed logins: {result.failed} (0) "
                  f"{result.details.get('failed_reasons') or ''}".rstrip())
+    # what the strict figure above is made of: logins begun before the gateway took the real
+    # out (ejabberd closes its sessions while its listener still accepts, and leastconns sends
+    # the cut clients back to the emptied node) or after
+    result.check(out is not None and not after,
+                 "failed logins begun after the gateway took the real out "
+                 + ("(never)" if out is None else f"({out - since:.1f} s after the stop): "
+                    f"{len(after)} (0)"))
     p99 = result.relogin_p99_s
     result.check(back and p99 is not None and p99 <= RELOGIN_P99_LIMIT,
                  f"cut sessions back: median {result.relogin_median_s} s, p99 {p99} s "
@@ -427,12 +449,14 @@ def kill(lab: Lab, result: Result) -> list[Result]:
     the reconnect storm that follows leaves every healthy real OPERATIONAL; beside it,
     SRV-only clients whose first record names the killed node."""
     servers = lab.servers
-    victim = lab.reals[KILLED_REAL]
+    killed = busiest(lab)
+    victim = lab.reals[killed]
+    result.details["its_connections"] = lab.conns(victim)
     healthy = [r for r in lab.reals[:3] if r is not victim]
     storm = Result("kill: reconnect storm")
     since, mark = time.time(), lab.mark()
-    with srv_records(servers.dns, servers.ejabberd_domain, _srv_targets(lab, KILLED_REAL)):
-        servers.ejabberd.kill_node(KILLED_REAL)
+    with srv_records(servers.dns, servers.ejabberd_domain, _srv_targets(lab, killed)):
+        servers.ejabberd.kill_node(killed)
         try:
             logins = srv_logins(_srv_jids(lab), servers.password, servers.dns_address,
                                 lab.sizes.srv_timeout)
@@ -449,7 +473,7 @@ def kill(lab: Lab, result: Result) -> list[Result]:
                 storm.details["show_reals"] = lab.watch.reals_text
             now_states = {r.address: lab.watch.state(r.address) for r in healthy}
         finally:
-            restart(lab, KILLED_REAL)
+            restart(lab, killed)
     result.check(result.sessions_cut > 0, f"sessions cut: {result.sessions_cut} (> 0)")
     result.check(result.failed == 0, f"failed logins: {result.failed} (0) "
                  f"{result.details.get('failed_reasons') or ''}".rstrip())
