@@ -34,6 +34,7 @@ VIP = "127.0.1.40"  # on loopback; no other test listens there
 USER_UID = 10001    # the Containerfile's XMPPGW_UID
 CONFIG_IN_IMAGE = "/etc/xmppgw/xmppgw.toml"
 SOCKET = "/run/xmppgw/xmppgw.sock"  # the directory the image makes for the user
+NAME_PREFIX = "xmppgw-test-"  # then the pid of the pytest process
 
 
 def container_sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -92,7 +93,8 @@ def container(image: str, servers: Servers, tmp_path: Path) -> Iterator[str]:
     config = tmp_path / "xmppgw.toml"
     config.write_text(gateway_config(servers))
     config.chmod(0o644)  # read by the image's user, not root
-    name = f"xmppgw-test-{os.getpid()}"
+    remove_stale_containers()
+    name = f"{NAME_PREFIX}{os.getpid()}"
     try:
         podman("run", "--detach", "--name", name, "--network", "host",
                "--volume", f"{config}:{CONFIG_IN_IMAGE}:ro", image)
@@ -101,6 +103,17 @@ def container(image: str, servers: Servers, tmp_path: Path) -> Iterator[str]:
     finally:
         container_sh("podman", "rm", "--force", "--time", "5", name, timeout=60)
     assert container_sh("podman", "container", "exists", name).returncode == 1
+
+
+def remove_stale_containers() -> None:
+    """Containers an earlier run of this test left behind (it was killed): they would
+    hold the test's address. Their names carry the pid of the pytest that made them."""
+    names = podman("ps", "--all", "--filter", f"name=^{NAME_PREFIX}",
+                   "--format", "{{.Names}}").split()
+    for name in names:
+        pid = name.removeprefix(NAME_PREFIX)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            container_sh("podman", "rm", "--force", "--time", "0", name)
 
 
 def records(name: str) -> list[dict[str, Any]]:
