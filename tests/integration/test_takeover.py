@@ -286,6 +286,15 @@ def gone(pid: int) -> bool:
     return state == "Z"
 
 
+def vserver(name: str, port: int) -> str:
+    return f'''
+[[vserver]]
+name = "{name}"
+virtual = "{DUMMY_VIP}:{port}"
+serverfarm = "DUMMY"
+'''
+
+
 def dummy_holders(port: int = 5222, udp: bool = False) -> list[int]:
     out = subprocess.run(["ss", "-Hlunp" if udp else "-Hltnp",
                           f"src {DUMMY_VIP} and sport = :{port}"],
@@ -305,14 +314,19 @@ def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: 
     """As under the unit: SIGUSR2 to the main PID; the successor (its child, so in the
     service's cgroup) sends MAINPID= and READY=1; the old one sends no STOPPING=1."""
     notes = NotifySocket(short_dir / "notify")
-    old = GatewayProcess(dummy_config(short_dir / "ctl.sock", side=SIDE), short_dir,
-                         env={"NOTIFY_SOCKET": str(short_dir / "notify")})
+    control = short_dir / "ctl.sock"
+    old = GatewayProcess(dummy_config(control, side=SIDE, extra=vserver("GONE", 5223)),
+                         short_dir, env={"NOTIFY_SOCKET": str(short_dir / "notify")})
     old.run_args = ["--drain", "3"]
     old.start()
     successor = None
     try:
         fields, pid = notes.next()
         assert fields.get("READY") == "1" and pid == old.pid, fields
+        assert dummy_holders(5223) == [old.pid]
+        # the upgrade comes with a config change: GONE goes, ADDED comes
+        old.config_path.write_text(dummy_config(control, side=SIDE,
+                                                extra=vserver("ADDED", 5224)))
         os.kill(old.pid, signal.SIGUSR2)
         fields, successor = notes.next()
         assert fields == {"MAINPID": str(successor), "READY": "1"}, fields
@@ -324,6 +338,8 @@ def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: 
         assert old.proc is not None and old.proc.wait(15) == 0, old.log_text()
         notes.quiet()  # no STOPPING=1 from the old process
         assert dummy_holders() == [successor]
+        assert dummy_holders(5223) == []  # closed with the old process's last copy
+        assert dummy_holders(5224) == [successor]
         wait_until(lambda: dummy_holders(9105) == [successor], 10, "the metrics listener")
         wait_until(lambda: dummy_holders(5353) == dummy_holders(5353, udp=True) == [successor],
                    10, "the DNS server")
