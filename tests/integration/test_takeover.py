@@ -336,6 +336,8 @@ def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: 
         argv = Path(f"/proc/{successor}/cmdline").read_bytes().split(b"\0")
         assert argv[argv.index(b"--drain") + 1] == b"3", argv  # our --drain, passed on
         assert old.proc is not None and old.proc.wait(15) == 0, old.log_text()
+        # no stream to wait for: gone at once, not at its drain time
+        assert old.records("takeover_drained") and not old.records("takeover_drain_deadline")
         notes.quiet()  # no STOPPING=1 from the old process
         assert dummy_holders() == [successor]
         assert dummy_holders(5223) == []  # closed with the old process's last copy
