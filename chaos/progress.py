@@ -96,7 +96,7 @@ class Progress:
         for column in self.columns:
             table.add_column(column, overflow="fold")
         for cells in rows:
-            style = None if cells[-1] == "ok" else "red"
+            style = "red" if cells[-1] == "FAILED" else None
             table.add_row(*cells, style=style)
         head = Text(f"{self.elapsed():6.1f}s  {current}", style="bold")
         return Panel(Group(head, Text(status), table, Text("\n".join(lines), style="dim")),

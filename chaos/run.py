@@ -104,6 +104,7 @@ class Result:
     messages_duplicated: int | None = None
     gateway_errors: int | None = 0  # None: a row without the gateway
     ok: bool = False
+    asserted: bool = True  # False: a measurement beside the others (outcome "measured")
     checks: list[str] = field(default_factory=list)  # each asserted outcome, with its figures
     failures: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
@@ -123,7 +124,12 @@ class Result:
                 f"{s(self.relogin_median_s)} / {s(self.relogin_p99_s)}",
                 f"{s(self.login_median_s)} / {s(self.login_p99_s)}",
                 n(self.messages_sent), n(self.messages_lost), n(self.messages_duplicated),
-                n(self.gateway_errors), "ok" if self.ok else "FAILED"]
+                n(self.gateway_errors), self.outcome()]
+
+    def outcome(self) -> str:
+        if not self.ok:
+            return "FAILED"
+        return "ok" if self.asserted else "measured"
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
