@@ -74,7 +74,11 @@ LOGIN_TIMEOUT = 10.0
 def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     workdir = Path(tempfile.mkdtemp(prefix="xmppgw-pair-", dir="/tmp"))
     failures = request.session.testsfailed
-    instance = Pair(workdir).start()
+    try:
+        instance = Pair(workdir).start()
+    except BaseException:
+        print(f"pair: did not start; logs and configs kept in {workdir}")
+        raise
     failed = True
     try:
         yield instance
