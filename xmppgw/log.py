@@ -17,8 +17,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-import structlog
-from structlog.processors import JSONRenderer
 
 FLUSH_DELAY = 0.05
 FLUSH_BYTES = 65536
@@ -87,6 +85,8 @@ class JSONLine:
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        from structlog.processors import JSONRenderer
+
         self._fallback = JSONRenderer()._dumps_kw["default"]
 
     def timestamp(self, now: float) -> str:
@@ -110,6 +110,10 @@ class JSONLine:
 
 def configure(fmt: str = "auto", stream: TextIO | None = None) -> Any:
     """One JSON object per line unless a person is watching (`auto` + a terminal)."""
+    # Imported here, not at the top: structlog pulls in rich (about 50 ms), and the short
+    # commands (`show`, keepalived's check every second) read FORMATS without logging.
+    import structlog
+
     stream = stream or sys.stdout
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
@@ -131,6 +135,8 @@ def configure(fmt: str = "auto", stream: TextIO | None = None) -> Any:
 
 def flush() -> None:
     """Write out what is buffered: before a process ends without running atexit (os._exit)."""
+    import structlog
+
     factory = structlog.get_config().get("logger_factory")
     if isinstance(factory, BufferedLoggerFactory):
         factory.logger.flush()
