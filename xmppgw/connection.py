@@ -337,6 +337,7 @@ class ClientConnection:
         "proxy_reader",
         "real",
         "real_fin",
+        "real_first",
         "real_open",
         "sni",
         "sniffed",
@@ -402,6 +403,7 @@ class ClientConnection:
         self.error: str | None = None
         self.client_fin = False
         self.real_fin = False
+        self.real_first = False  # the real's side ended the stream (not the client, not us)
         self.client_gone = False
         self.real_open = False
         self.paused = False  # reading paused while connecting
@@ -564,6 +566,7 @@ class ClientConnection:
         out: list[Command] = []
         self.real_fin = True
         if self.phase not in _ENDED:
+            self._by_real_first()
             self._half_close(CLIENT, out, now)
         return self._timed(out)
 
@@ -571,10 +574,18 @@ class ClientConnection:
         """The real's connection is gone: its end is reported to the engine, once."""
         out: list[Command] = []
         self.real_open = False
+        if self.phase not in _ENDED:
+            self._by_real_first()
         self._report_closed(out, now)
         self._close(out, now)
         self._finish_if_done(out, now)
         return self._timed(out)
+
+    def _by_real_first(self) -> None:
+        """The real's leg ended while the stream was open: the real's side closed first
+        unless the client had already sent its FIN or gone (then it is only answering)."""
+        if not self.client_fin and not self.client_gone:
+            self.real_first = True
 
     def handed_to_splice(self) -> None:
         """The adapter handed both sockets to a zero-copy relay (see `splice_ended`)."""
@@ -600,9 +611,14 @@ class ClientConnection:
             out.append(Note("health_check", (self.vserver.name,)))
         return True
 
-    def splice_ended(self, up: int, down: int, now: float) -> list[Command]:
-        """The zero-copy relay ended having moved `up` bytes client→real, `down` back."""
+    def splice_ended(self, up: int, down: int, now: float,
+                     real_first: bool = False) -> list[Command]:
+        """The zero-copy relay ended having moved `up` bytes client→real, `down` back;
+        `real_first`: the real's socket ended first (EOF or error), not the client's and
+        not a close by the gateway."""
         out: list[Command] = []
+        if real_first and self.phase not in _ENDED:
+            self._by_real_first()
         self.bytes_from_client += up
         self.bytes_to_client += down
         self.spliced = True
@@ -999,7 +1015,12 @@ class ClientConnection:
         if self.real is not None and self.farm is not None:
             # The plan reported the success (farm.connected) and was freed at the commit;
             # the connection's end is reported here, once.
-            self.farm.closed(self.real, now)
+            burst = self.farm.closed(self.real, now, self.real_first)
+            if burst is not None:
+                out.append(Log("warning", "real_mass_close", {
+                    "farm": burst.farm, "real": burst.real, "closes": burst.closes,
+                    "still_open": burst.still_open, "window": burst.window,
+                    "action": "failed" if burst.failed else "kept: last available real"}))
             out.append(EngineChanged(self.farm))
 
     # --- timers ----------------------------------------------------------------------------

@@ -348,6 +348,21 @@ class ServerfarmConfig:
         "While fewer than this share of the farm's reals in service are available "
         "(OPERATIONAL or TESTING), picks ignore FAILED and PROBE_FAILED and use every real in "
         "service. `0` turns it off."))
+    # A real that closes many of its streams at once is going away (`ejabberdctl stop`
+    # closes every session, then its listener still accepts for seconds): out at once,
+    # before leastconns sends it the reconnecting clients (docs/failover-and-overload.md).
+    mass_close_streams: int = _k(10, unit="streams", ios="none", doc=(
+        "A real that closes at least this many established streams from its side (its FIN "
+        "or RST reaches the gateway before the client's) within `mass_close_window`, and at "
+        "least `mass_close_share` of the streams it held, is marked FAILED at once for its "
+        "`retry` (event `real_mass_close`), never the last available real. Counted per "
+        "worker. Closes by clients never count. `0` turns it off."))
+    mass_close_share: int = _k(50, unit="%", ios="none", doc=(
+        "The share of the real's streams (those still open plus those it closed within the "
+        "window) that `mass_close_streams` also asks for, so a busy real whose users log out "
+        "one by one is never taken for one going away."))
+    mass_close_window: float = _k(2.0, unit="s", ios="none", doc=(
+        "The sliding window over which a real's own closes are counted."))
     reals: tuple[RealConfig, ...] = _k((), toml="real", type="array of tables",
                                        shown="see below", ios="real IP", doc=(
         "`[[serverfarm.real]]`: the farm's reals."))

@@ -376,7 +376,8 @@ class ClientSession(asyncio.Protocol):
         self.relay.start()
 
     def _splice_ended(self, relay: SpliceRelay) -> None:
-        self.run(self.conn.splice_ended(relay.up.moved, relay.down.moved, self.loop.time()))
+        self.run(self.conn.splice_ended(relay.up.moved, relay.down.moved, self.loop.time(),
+                                        bool(relay.real_first)))
 
 
 class UpstreamLeg(asyncio.Protocol):

@@ -92,9 +92,11 @@ class _Direction:
                 self._release_if_empty()
                 return
             except OSError:
+                self.relay.ended_by(self.src)
                 self.relay.close()
                 return
             if n == 0:
+                self.relay.ended_by(self.src)
                 self._end_of_stream()
                 return
             self.pending += n
@@ -116,6 +118,7 @@ class _Direction:
                     relay.loop.add_writer(self.dst.fileno(), self._flush)
                 return
             except OSError:
+                relay.ended_by(self.dst)
                 relay.close()
                 return
             self.pending -= n
@@ -162,8 +165,8 @@ class _Direction:
 class SpliceRelay:
     """Both directions of one connection, on two sockets the relay now owns."""
 
-    __slots__ = ("client", "closed", "done", "down", "loop", "on_close", "pool", "up",
-                 "upstream")
+    __slots__ = ("client", "closed", "done", "down", "loop", "on_close", "pool",
+                 "real_first", "up", "upstream")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: PipePool, client: socket.socket,
                  upstream: socket.socket, on_close: Callable[[SpliceRelay], None]) -> None:
@@ -176,6 +179,14 @@ class SpliceRelay:
         self.down = _Direction(self, upstream, client)
         self.done = 0
         self.closed = False
+        # The upstream socket (the real's) ended first, by EOF or error: the real closed the
+        # stream, not the client and not the gateway (the engine's mass-close rule).
+        self.real_first: bool | None = None
+
+    def ended_by(self, sock: socket.socket) -> None:
+        """`sock` reached its end (EOF or error); only the first end counts."""
+        if self.real_first is None and not self.closed:
+            self.real_first = sock is self.upstream
 
     def start(self) -> None:
         self.loop.add_reader(self.client.fileno(), self.up.readable)

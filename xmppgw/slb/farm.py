@@ -44,6 +44,9 @@ reals out faster than load moves away from them:
 - A timeout on the last available real never marks it FAILED: silence alone cannot tell a
   dead real from one buried in a storm, and taking the last one out turns a slow service
   into none. A refusal (RST) still does.
+- A mass close (`closed(..., by_real=True)`, `_by_real`): a real that closes most of its
+  streams from its own side at once is going away; it is FAILED at once rather than handed
+  the clients it just cut, but never when it is the last available real.
 """
 
 from __future__ import annotations
@@ -51,12 +54,14 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from xmppgw.slb.closes import is_mass_close
 from xmppgw.slb.predictors import Predictor, make_predictor
 from xmppgw.slb.types import (
     AVAILABLE,
     NOT_SERVING,
     Candidate,
     DoubleReport,
+    MassClose,
     PanicChange,
     Real,
     RealState,
@@ -67,7 +72,7 @@ from xmppgw.slb.types import (
 if TYPE_CHECKING:
     from xmppgw.config import RealConfig, ServerfarmConfig
 
-__all__ = ["DoubleReport", "PanicChange", "Real", "RealState", "Serverfarm", "StateChange"]
+__all__ = ["DoubleReport", "MassClose", "PanicChange", "Real", "RealState", "Serverfarm", "StateChange"]
 
 EVENTS_LIMIT = 4096  # undrained changes kept per farm: a missed drain cannot grow memory
 SLOWSTART_FLOOR = 0.05  # a returning real starts at 5% of its weight, never at zero
@@ -282,11 +287,45 @@ class Serverfarm:
         """The attempt ended without a verdict (the client left, or a hedge won first)."""
         self._end_attempt(real, "abandoned")
 
-    def closed(self, real: Real, now: float) -> None:
-        """A connection the real owned has ended."""
+    def closed(self, real: Real, now: float, by_real: bool = False) -> MassClose | None:
+        """A connection the real owned has ended; `by_real`: the real's side ended it first
+        (its FIN or RST reached the gateway before the client's, and the gateway did not
+        close it). Returns the mass close this close completed, if any (see `_by_real`)."""
         if real.active <= 0:
             raise DoubleReport(f"closed on {real!r}, which owns no connection")
         real.active -= 1
+        return self._by_real(real, now) if by_real else None
+
+    def _by_real(self, real: Real, now: float) -> MassClose | None:
+        """A real that closes many of its streams at once is going away: out at once.
+
+        `ejabberdctl stop` closes every session of the node, and its listener still accepts
+        for a few seconds; the cut clients reconnect at once and leastconns would send them
+        to the emptied real, where they fail after the gateway committed them (a stream
+        cannot be retried once it passed through). At least `mass_close_streams` closes by
+        the real within `mass_close_window` seconds, and at least `mass_close_share` percent
+        of the streams it held, mark it FAILED for its `retry`, as faildetect would, but never
+        the last available real (panic mode and the last-available rule still hold). A real
+        already out (FAILED, PROBE_FAILED, out of service) is left to the rules that hold it.
+        Counted per worker; another worker sees the FAILED through the shared table.
+        """
+        cfg = self.config
+        if cfg.mass_close_streams <= 0:
+            return None
+        self._sync(real, now)
+        if real.recorded_state not in AVAILABLE:
+            real.server_closes.clear()
+            return None
+        window = cfg.mass_close_window
+        closes = real.server_closes.note(now, window)
+        if not is_mass_close(closes, real.active, cfg.mass_close_streams, cfg.mass_close_share):
+            return None
+        real.server_closes.clear()
+        kept = self._last_available(real, now)
+        if not kept:
+            self._fail(real, now, f"mass close: the real closed {closes} streams within"
+                       f" {window:g} s ({real.active} left)")
+        return MassClose(now, self.name, real.name, closes, real.active, window, not kept)
 
     @staticmethod
     def _end_attempt(real: Real, outcome: str) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from xmppgw.slb.closes import CloseBurst
+
 if TYPE_CHECKING:
     from xmppgw.config import RealConfig
 
@@ -67,6 +69,21 @@ class PanicChange:
     threshold: int
 
 
+@dataclass(frozen=True, slots=True)
+class MassClose:
+    """A real closed `closes` of its streams from its own side within `window` seconds,
+    with `still_open` left: it is going away. `failed`: it was marked FAILED for it; else it
+    was kept because it is the last available real of the farm."""
+
+    time: float
+    farm: str
+    real: str
+    closes: int
+    still_open: int
+    window: float
+    failed: bool
+
+
 @dataclass(slots=True, eq=False, repr=False)
 class Real:
     """One backend server of a farm: its config, its two states, live counters."""
@@ -87,6 +104,7 @@ class Real:
     ramp_start: float | None = None  # slow start began here
     drain_deadline: float | None = None
     last_change: float = 0.0
+    server_closes: CloseBurst = field(default_factory=CloseBurst)  # its own recent closes
     # The other workers of the same gateway (workers > 1), as the I/O layer last read them
     # from the shared table (`Serverfarm.observe_peers`); zero with one worker.
     peer_load: int = 0

@@ -1,0 +1,280 @@
+"""A real that closes most of its streams from its own side at once is taken out at once.
+
+`ejabberdctl stop` closes every session of the node while its listener still accepts for a
+few seconds; leastconns would hand the reconnecting clients to the emptied node. Timelines
+on a fake clock: the detector (`CloseBurst`, `is_mass_close`), the engine's rule
+(`Serverfarm.closed(..., by_real=True)`), the connection machine's verdict on which side
+closed first, and the config keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from tests.unit.test_connection import (
+    PROCEED,
+    STARTTLS,
+    World,
+    farm_config,
+    relaying,
+)
+from xmppgw import config
+from xmppgw.config import Address, ConfigError, RealConfig, ServerfarmConfig
+from xmppgw.connection import Log
+from xmppgw.slb.closes import CloseBurst, is_mass_close
+from xmppgw.slb.farm import MassClose, Real, RealState, Serverfarm, StateChange
+
+
+def make_farm(n: int = 3, retry: float = 30.0, **farm: Any) -> Serverfarm:
+    reals = tuple(RealConfig(Address(f"10.0.0.{i + 1}", None), retry=retry) for i in range(n))
+    settings: dict[str, Any] = {"predictor": "leastconns", "slowstart": 0.0,
+                                "max_connecting": None, **farm}
+    return Serverfarm(ServerfarmConfig("F", reals=reals, **settings), 0.0)
+
+
+def hold(farm: Serverfarm, real: Real, streams: int, now: float = 0.0) -> None:
+    """`streams` established connections on `real`."""
+    for _ in range(streams):
+        real.pending += 1  # as if picked
+        farm.connected(real, now)
+
+
+def close_many(farm: Serverfarm, real: Real, times: list[float],
+               by_real: bool = True) -> list[MassClose]:
+    return [b for t in times if (b := farm.closed(real, t, by_real)) is not None]
+
+
+def failed_changes(farm: Serverfarm) -> list[StateChange]:
+    return [c for c in farm.drain_events()
+            if isinstance(c, StateChange) and c.new is RealState.FAILED]
+
+
+# --- the detector ------------------------------------------------------------------------------
+
+
+def test_close_burst_counts_a_sliding_window() -> None:
+    burst = CloseBurst()
+    assert [burst.note(t, 2.0) for t in (0.0, 0.5, 1.0, 1.9)] == [1, 2, 3, 4]
+    assert burst.note(2.5, 2.0) == 3  # 0.0 and 0.5 have left the window
+    assert burst.count(10.0, 2.0) == 0 and len(burst) == 0  # forgotten: memory stays bounded
+    burst.note(11.0, 2.0)
+    burst.clear()
+    assert burst.count(11.0, 2.0) == 0
+
+
+@pytest.mark.parametrize("closes, still_open, streams, share, verdict", [
+    (10, 10, 10, 50, True),    # exactly the count and exactly half
+    (9, 0, 10, 50, False),     # every stream, but too few of them
+    (10, 11, 10, 50, False),   # enough, but under half of what it held
+    (30, 270, 10, 10, True),   # a share of 10%
+    (100, 0, 0, 50, False),    # 0 turns it off
+])
+def test_is_mass_close(closes: int, still_open: int, streams: int, share: int,
+                       verdict: bool) -> None:
+    assert is_mass_close(closes, still_open, streams, share) is verdict
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+
+def test_a_burst_of_closes_by_the_real_takes_it_out_at_once() -> None:
+    farm = make_farm(mass_close_streams=10, mass_close_share=50, mass_close_window=2.0)
+    a, b, c = farm.reals
+    for real in (a, b, c):
+        hold(farm, real, 20)
+    farm.drain_events()
+    # ejabberdctl stop on a: its sessions end within 0.1 s, each by the real's side
+    bursts = close_many(farm, a, [5.0 + i * 0.01 for i in range(10)])
+    assert bursts == [MassClose(5.09, "F", a.name, 10, 10, 2.0, True)]
+    assert farm.state(a, 5.1) is RealState.FAILED and a.retry_at == pytest.approx(35.09)
+    [change] = failed_changes(farm)
+    assert change.real == a.name and "mass close" in change.reason
+    # the cut clients reconnect: leastconns would pick the emptied a; it gets none of them
+    picks = [farm.pick(f"192.0.2.{i}", 5.2) for i in range(30)]
+    assert a not in picks and None not in picks
+    # the rest of its closes change nothing more
+    assert close_many(farm, a, [5.1 + i * 0.01 for i in range(10)]) == []
+    assert failed_changes(farm) == []
+
+
+def test_the_same_closes_spread_over_time_take_nothing_out() -> None:
+    farm = make_farm(mass_close_streams=10, mass_close_share=50, mass_close_window=2.0)
+    a = farm.reals[0]
+    hold(farm, a, 20)
+    # users logging out one by one (ejabberd closes after the client's </stream:stream>)
+    assert close_many(farm, a, [10.0 + i * 0.5 for i in range(20)]) == []
+    assert farm.state(a, 30.0) is RealState.OPERATIONAL
+    assert failed_changes(farm) == []
+
+
+def test_a_few_closes_of_a_busy_real_take_nothing_out() -> None:
+    """Enough closes in the window, but a small share of what the real holds."""
+    farm = make_farm(mass_close_streams=10, mass_close_share=50, mass_close_window=2.0)
+    a = farm.reals[0]
+    hold(farm, a, 100)
+    assert close_many(farm, a, [1.0 + i * 0.01 for i in range(30)]) == []
+    assert farm.state(a, 2.0) is RealState.OPERATIONAL
+
+
+def test_closes_by_clients_never_count_against_the_real() -> None:
+    farm = make_farm(mass_close_streams=10, mass_close_share=50, mass_close_window=2.0)
+    a = farm.reals[0]
+    hold(farm, a, 40)
+    # a network fault between the clients and the gateway cuts them all at once
+    assert close_many(farm, a, [3.0 + i * 0.001 for i in range(40)], by_real=False) == []
+    assert farm.state(a, 3.1) is RealState.OPERATIONAL and a.active == 0
+    assert failed_changes(farm) == []
+
+
+def test_the_last_available_real_is_never_taken_out() -> None:
+    farm = make_farm(2, mass_close_streams=5, mass_close_share=50, mass_close_window=2.0,
+                     panic_threshold=0)
+    a, b = farm.reals
+    farm.probe_result(b, False, 0.0)  # b is PROBE_FAILED: a is the last available
+    hold(farm, a, 10)
+    farm.drain_events()
+    bursts = close_many(farm, a, [1.0 + i * 0.01 for i in range(10)])
+    assert bursts and not any(x.failed for x in bursts)
+    assert farm.state(a, 1.2) is RealState.OPERATIONAL
+    assert failed_changes(farm) == []
+    assert farm.pick("192.0.2.1", 1.3) is a
+
+
+def test_a_real_already_out_is_left_to_its_rules() -> None:
+    farm = make_farm(mass_close_streams=5, mass_close_share=50, mass_close_window=2.0)
+    a = farm.reals[0]
+    hold(farm, a, 10)
+    farm.set_inservice(a, False, 0.5)  # the operator took it out: its streams may end
+    assert close_many(farm, a, [1.0 + i * 0.01 for i in range(10)]) == []
+    assert farm.state(a, 1.2) is RealState.OUTOFSERVICE
+
+
+def test_off_with_zero_streams_and_back_after_retry() -> None:
+    farm = make_farm(mass_close_streams=0)
+    a = farm.reals[0]
+    hold(farm, a, 20)
+    assert close_many(farm, a, [1.0] * 20) == []
+    # on: out for `retry`, then the next connection tests it, and a success brings it back
+    farm = make_farm(retry=5.0, mass_close_streams=5)
+    a = farm.reals[0]
+    hold(farm, a, 5)
+    assert close_many(farm, a, [1.0] * 5)
+    assert farm.state(a, 5.9) is RealState.FAILED
+    assert farm.state(a, 6.0) is RealState.TESTING
+    real = farm.pick("192.0.2.9", 6.1)
+    assert real is a  # the test connection
+    farm.connected(a, 6.2)
+    assert farm.state(a, 6.2) is RealState.OPERATIONAL
+
+
+# --- the connection machine: which side closed first -------------------------------------------
+
+
+def mass_world() -> World:
+    """Real 10.0.0.1 and a standby; two real-side closes out of two streams make a mass
+    close (the standby is available, so 10.0.0.1 is not the last)."""
+    cfg = farm_config(2, mass_close_streams=2, mass_close_share=50, mass_close_window=2.0)
+    a, b = cfg.reals
+    return World(farm=replace(cfg, reals=(a, replace(b, standby=True))))
+
+
+def mass_logs(out: list[Any]) -> list[Log]:
+    return [c for c in out if isinstance(c, Log) and c.event == "real_mass_close"]
+
+
+def opaque(world: World) -> Any:
+    conn = relaying(world)
+    conn.client_data(STARTTLS, 0.4)
+    conn.real_data(PROCEED, 0.5)
+    return conn
+
+
+def test_the_real_closing_first_counts_and_is_logged() -> None:
+    world = mass_world()
+    first, second = opaque(world), opaque(world)
+    assert world.real(0).active == 2
+    # copy relay: the real's FIN, passed on; the client answers; the legs go
+    first.real_eof(1.0)
+    first.client_eof(1.01)
+    out = first.real_lost(1.02) + first.client_lost(1.03)
+    assert first.real_first and mass_logs(out) == []
+    # spliced: the relay says the real's socket ended first
+    second.handed_to_splice()
+    out = second.splice_ended(10, 20, 1.1, real_first=True)
+    [log] = mass_logs(out)
+    assert log.level == "warning" and log.fields == {
+        "farm": "F", "real": "10.0.0.1", "closes": 2, "still_open": 0, "window": 2.0,
+        "action": "failed"}
+    assert world.farm.state(world.real(0), 1.2) is RealState.FAILED
+
+
+def test_a_reset_from_the_real_counts() -> None:
+    world = mass_world()
+    conns = [opaque(world), opaque(world)]
+    outs = [c.real_lost(1.0 + i / 100) for i, c in enumerate(conns)]  # RST: no FIN first
+    assert all(c.real_first for c in conns)
+    assert [log.fields["closes"] for log in mass_logs(outs[1])] == [2]
+
+
+@pytest.mark.parametrize("client_side", ["fin", "lost", "splice", "gateway"])
+def test_closes_by_the_client_or_the_gateway_never_count(client_side: str) -> None:
+    world = mass_world()
+    conns = [opaque(world), opaque(world), opaque(world)]
+    out: list[Any] = []
+    for i, conn in enumerate(conns):
+        now = 1.0 + i / 100
+        if client_side == "fin":  # the client's FIN first; the real answers with its own
+            out += conn.client_eof(now) + conn.real_eof(now) + conn.real_lost(now)
+        elif client_side == "lost":  # the client's connection reset (a network fault)
+            out += conn.client_lost(now) + conn.real_lost(now)
+        elif client_side == "splice":  # the relay saw the client's socket end first
+            conn.handed_to_splice()
+            out += conn.splice_ended(1, 1, now, real_first=False)
+        else:  # a drain or a shutdown: the gateway closes, then the real's leg goes
+            out += conn.drain(now) + conn.real_lost(now)
+        assert not conn.real_first
+    assert mass_logs(out) == []
+    assert world.real(0).active == 0
+    assert world.farm.state(world.real(0), 2.0) is RealState.OPERATIONAL
+
+
+# --- the config keys -----------------------------------------------------------------------------
+
+
+FARM = """
+[gateway]
+[[vserver]]
+name = "V"
+virtual = "127.0.0.1:5222"
+serverfarm = "F"
+
+[[serverfarm]]
+name = "F"
+{farm}
+[[serverfarm.real]]
+address = "10.0.0.1"
+"""
+
+
+def test_config_defaults_and_overrides() -> None:
+    farm = config.loads(FARM.format(farm=""), "t.toml").farm("F")
+    assert (farm.mass_close_streams, farm.mass_close_share, farm.mass_close_window) == (
+        10, 50, 2.0)
+    farm = config.loads(FARM.format(farm="mass_close_streams = 0\nmass_close_share = 80\n"
+                                         "mass_close_window = 0.5"), "t.toml").farm("F")
+    assert (farm.mass_close_streams, farm.mass_close_share, farm.mass_close_window) == (
+        0, 80, 0.5)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("mass_close_streams = -1", "serverfarm[0].mass_close_streams: must be at least 0"),
+    ("mass_close_share = 101", "serverfarm[0].mass_close_share: must be a percentage"),
+    ("mass_close_window = 0", "serverfarm[0].mass_close_window: must be greater than 0"),
+])
+def test_config_bad_values(line: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.loads(FARM.format(farm=line), "t.toml")
+    assert any(message in p for p in info.value.problems), info.value.problems
