@@ -1019,7 +1019,7 @@ class ClientConnection:
             if burst is not None:
                 out.append(Log("warning", "real_mass_close", {
                     "farm": burst.farm, "real": burst.real, "closes": burst.closes,
-                    "still_open": burst.still_open, "window": burst.window,
+                    "held": burst.held, "still_open": burst.still_open, "window": burst.window,
                     "action": "failed" if burst.failed else "kept: last available real"}))
             out.append(EngineChanged(self.farm))
 

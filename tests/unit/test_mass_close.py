@@ -55,26 +55,31 @@ def failed_changes(farm: Serverfarm) -> list[StateChange]:
 # --- the detector ------------------------------------------------------------------------------
 
 
-def test_close_burst_counts_a_sliding_window() -> None:
+def test_close_burst_counts_a_sliding_window_and_keeps_its_peak() -> None:
     burst = CloseBurst()
-    assert [burst.note(t, 2.0) for t in (0.0, 0.5, 1.0, 1.9)] == [1, 2, 3, 4]
-    assert burst.note(2.5, 2.0) == 3  # 0.0 and 0.5 have left the window
+    # held before each close: 20, 19, then 25 (reconnects landed on it), 24
+    assert [burst.note(t, 2.0, held) for t, held in ((0.0, 20), (0.5, 19), (1.0, 25),
+                                                      (1.9, 24))] == [
+        (1, 20), (2, 20), (3, 25), (4, 25)]
+    assert burst.note(2.5, 2.0, 23) == (3, 25)  # 0.0 and 0.5 have left the window
+    assert burst.note(3.1, 2.0, 22) == (3, 24)  # so has 1.0, the peak: the next one leads
     assert burst.count(10.0, 2.0) == 0 and len(burst) == 0  # forgotten: memory stays bounded
-    burst.note(11.0, 2.0)
+    assert burst.peak(10.0, 2.0) == 0
+    burst.note(11.0, 2.0, 5)
     burst.clear()
-    assert burst.count(11.0, 2.0) == 0
+    assert burst.count(11.0, 2.0) == 0 and burst.peak(11.0, 2.0) == 0
 
 
-@pytest.mark.parametrize("closes, still_open, streams, share, verdict", [
-    (10, 10, 10, 50, True),    # exactly the count and exactly half
-    (9, 0, 10, 50, False),     # every stream, but too few of them
-    (10, 11, 10, 50, False),   # enough, but under half of what it held
-    (30, 270, 10, 10, True),   # a share of 10%
-    (100, 0, 0, 50, False),    # 0 turns it off
+@pytest.mark.parametrize("closes, held, streams, share, verdict", [
+    (10, 20, 10, 50, True),    # exactly the count and exactly half
+    (9, 9, 10, 50, False),     # every stream, but too few of them
+    (10, 21, 10, 50, False),   # enough, but under half of what it held
+    (30, 300, 10, 10, True),   # a share of 10%
+    (100, 100, 0, 50, False),  # 0 turns it off
 ])
-def test_is_mass_close(closes: int, still_open: int, streams: int, share: int,
+def test_is_mass_close(closes: int, held: int, streams: int, share: int,
                        verdict: bool) -> None:
-    assert is_mass_close(closes, still_open, streams, share) is verdict
+    assert is_mass_close(closes, held, streams, share) is verdict
 
 
 # --- the engine ------------------------------------------------------------------------------
@@ -88,7 +93,7 @@ def test_a_burst_of_closes_by_the_real_takes_it_out_at_once() -> None:
     farm.drain_events()
     # ejabberdctl stop on a: its sessions end within 0.1 s, each by the real's side
     bursts = close_many(farm, a, [5.0 + i * 0.01 for i in range(10)])
-    assert bursts == [MassClose(5.09, "F", a.name, 10, 10, 2.0, True)]
+    assert bursts == [MassClose(5.09, "F", a.name, 10, 20, 10, 2.0, True)]
     assert farm.state(a, 5.1) is RealState.FAILED and a.retry_at == pytest.approx(35.09)
     [change] = failed_changes(farm)
     assert change.real == a.name and "mass close" in change.reason
@@ -98,6 +103,24 @@ def test_a_burst_of_closes_by_the_real_takes_it_out_at_once() -> None:
     # the rest of its closes change nothing more
     assert close_many(farm, a, [5.1 + i * 0.01 for i in range(10)]) == []
     assert failed_changes(farm) == []
+
+
+def test_reconnects_sent_back_meanwhile_do_not_dilute_the_burst() -> None:
+    """ejabberd closes its sessions over a second; leastconns hands some of the reconnecting
+    clients back to the emptied real before it is out: the share is of what it held before."""
+    farm = make_farm(mass_close_streams=10, mass_close_share=50, mass_close_window=2.0)
+    a, b, c = farm.reals
+    for real in (a, b, c):
+        hold(farm, real, 20)
+    bursts: list[MassClose] = []
+    for i in range(10):
+        now = 1.0 + i * 0.1
+        bursts += close_many(farm, a, [now])
+        if farm.pick(f"192.0.2.{i}", now) is a:  # the cut client came straight back to a
+            farm.connected(a, now)
+    assert bursts and bursts[0].closes == 10 and bursts[0].held == 20
+    assert a.active == 19  # 9 came back before the 10th close took it out
+    assert farm.state(a, 2.0) is RealState.FAILED
 
 
 def test_the_same_closes_spread_over_time_take_nothing_out() -> None:
@@ -206,8 +229,8 @@ def test_the_real_closing_first_counts_and_is_logged() -> None:
     out = second.splice_ended(10, 20, 1.1, real_first=True)
     [log] = mass_logs(out)
     assert log.level == "warning" and log.fields == {
-        "farm": "F", "real": "10.0.0.1", "closes": 2, "still_open": 0, "window": 2.0,
-        "action": "failed"}
+        "farm": "F", "real": "10.0.0.1", "closes": 2, "held": 2, "still_open": 0,
+        "window": 2.0, "action": "failed"}
     assert world.farm.state(world.real(0), 1.2) is RealState.FAILED
 
 
@@ -262,7 +285,7 @@ address = "10.0.0.1"
 def test_config_defaults_and_overrides() -> None:
     farm = config.loads(FARM.format(farm=""), "t.toml").farm("F")
     assert (farm.mass_close_streams, farm.mass_close_share, farm.mass_close_window) == (
-        10, 50, 2.0)
+        10, 25, 2.0)
     farm = config.loads(FARM.format(farm="mass_close_streams = 0\nmass_close_share = 80\n"
                                          "mass_close_window = 0.5"), "t.toml").farm("F")
     assert (farm.mass_close_streams, farm.mass_close_share, farm.mass_close_window) == (

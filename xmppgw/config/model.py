@@ -357,10 +357,11 @@ class ServerfarmConfig:
         "least `mass_close_share` of the streams it held, is marked FAILED at once for its "
         "`retry` (event `real_mass_close`), never the last available real. Counted per "
         "worker. Closes by clients never count. `0` turns it off."))
-    mass_close_share: int = _k(50, unit="%", ios="none", doc=(
-        "The share of the real's streams (those still open plus those it closed within the "
-        "window) that `mass_close_streams` also asks for, so a busy real whose users log out "
-        "one by one is never taken for one going away."))
+    mass_close_share: int = _k(25, unit="%", ios="none", doc=(
+        "The share of the real's streams that `mass_close_streams` also asks for: of the most "
+        "it held just before any close of the window (streams that reconnecting clients open "
+        "on it meanwhile do not dilute the burst). Users logging out one by one never come "
+        "near it."))
     mass_close_window: float = _k(2.0, unit="s", ios="none", doc=(
         "The sliding window over which a real's own closes are counted."))
     reals: tuple[RealConfig, ...] = _k((), toml="real", type="array of tables",

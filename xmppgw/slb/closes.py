@@ -13,19 +13,29 @@ from collections import deque
 
 
 class CloseBurst:
-    """The times (seconds, the caller's clock) of one real's recent server-side closes."""
+    """One real's recent server-side closes: how many fell within a sliding window, and the
+    most streams the real held just before any of them (the burst's size is judged against
+    that, so streams sent to the real while it is closing them do not dilute it)."""
 
-    __slots__ = ("_times",)
+    __slots__ = ("_peaks", "_times")
 
     def __init__(self) -> None:
         self._times: deque[float] = deque()
+        # (time, streams held before that close), held strictly decreasing from the front:
+        # the front is the window's peak (a monotonic queue, O(1) amortised per close).
+        self._peaks: deque[tuple[float, int]] = deque()
 
-    def note(self, now: float, window: float) -> int:
-        """One more close at `now`; returns how many fell within the last `window` seconds
-        (this one included). Older ones are forgotten, so memory stays bounded by the
-        burst itself."""
+    def note(self, now: float, window: float, held: int) -> tuple[int, int]:
+        """One more close at `now` (seconds, the caller's clock) of a real that held `held`
+        streams just before it. Returns (closes within the last `window` seconds, this one
+        included; the most streams the real held before any of them). Older closes are
+        forgotten, so memory stays bounded by the burst itself."""
         self._times.append(now)
-        return self.count(now, window)
+        peaks = self._peaks
+        while peaks and peaks[-1][1] <= held:
+            peaks.pop()
+        peaks.append((now, held))
+        return self.count(now, window), self.peak(now, window)
 
     def count(self, now: float, window: float) -> int:
         """Closes within the last `window` seconds of `now`."""
@@ -34,18 +44,26 @@ class CloseBurst:
             times.popleft()
         return len(times)
 
+    def peak(self, now: float, window: float) -> int:
+        """The most streams held before a close within the window (0 without one)."""
+        peaks = self._peaks
+        while peaks and peaks[0][0] <= now - window:
+            peaks.popleft()
+        return peaks[0][1] if peaks else 0
+
     def clear(self) -> None:
         """Forget the burst (it has been acted on)."""
         self._times.clear()
+        self._peaks.clear()
 
     def __len__(self) -> int:
         return len(self._times)
 
 
-def is_mass_close(closes: int, still_open: int, streams: int, share: int) -> bool:
-    """Do `closes` server-side closes within the window, with `still_open` streams left on
-    the real, make a mass close? At least `streams` of them (0: never), and at least `share`
-    percent of what the real held (the ones still open plus the ones it closed)."""
+def is_mass_close(closes: int, held: int, streams: int, share: int) -> bool:
+    """Do `closes` server-side closes within the window, of a real that held at most `held`
+    streams before them, make a mass close? At least `streams` of them (0: never), and at
+    least `share` percent of `held`."""
     if streams <= 0 or closes < streams:
         return False
-    return closes * 100 >= share * (closes + still_open)
+    return closes * 100 >= share * held

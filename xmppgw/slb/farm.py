@@ -304,7 +304,8 @@ class Serverfarm:
         to the emptied real, where they fail after the gateway committed them (a stream
         cannot be retried once it passed through). At least `mass_close_streams` closes by
         the real within `mass_close_window` seconds, and at least `mass_close_share` percent
-        of the streams it held, mark it FAILED for its `retry`, as faildetect would, but never
+        of the most streams it held before any of those closes (streams that reconnecting
+        clients opened on it meanwhile do not dilute the burst), mark it FAILED for its `retry`, as faildetect would, but never
         the last available real (panic mode and the last-available rule still hold). A real
         already out (FAILED, PROBE_FAILED, out of service) is left to the rules that hold it.
         Counted per worker; another worker sees the FAILED through the shared table.
@@ -317,15 +318,15 @@ class Serverfarm:
             real.server_closes.clear()
             return None
         window = cfg.mass_close_window
-        closes = real.server_closes.note(now, window)
-        if not is_mass_close(closes, real.active, cfg.mass_close_streams, cfg.mass_close_share):
+        closes, held = real.server_closes.note(now, window, real.active + 1)
+        if not is_mass_close(closes, held, cfg.mass_close_streams, cfg.mass_close_share):
             return None
         real.server_closes.clear()
         kept = self._last_available(real, now)
         if not kept:
-            self._fail(real, now, f"mass close: the real closed {closes} streams within"
-                       f" {window:g} s ({real.active} left)")
-        return MassClose(now, self.name, real.name, closes, real.active, window, not kept)
+            self._fail(real, now, f"mass close: the real closed {closes} of its {held} streams"
+                       f" within {window:g} s")
+        return MassClose(now, self.name, real.name, closes, held, real.active, window, not kept)
 
     @staticmethod
     def _end_attempt(real: Real, outcome: str) -> None:

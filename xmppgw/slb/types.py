@@ -72,13 +72,14 @@ class PanicChange:
 @dataclass(frozen=True, slots=True)
 class MassClose:
     """A real closed `closes` of its streams from its own side within `window` seconds,
-    with `still_open` left: it is going away. `failed`: it was marked FAILED for it; else it
-    was kept because it is the last available real of the farm."""
+    of the `held` it had before them, `still_open` left now: it is going away. `failed`: it
+    was marked FAILED for it; else it was kept as the last available real of the farm."""
 
     time: float
     farm: str
     real: str
     closes: int
+    held: int
     still_open: int
     window: float
     failed: bool
