@@ -83,6 +83,10 @@ MAX_CONNECT_BUFFER = 65536
 # dropped for this long (seconds, at most LINGER_BYTES), then the socket closes. Closing with
 # unread data would send a reset that can destroy the error document in flight (HAProxy, nginx).
 LINGER_TIME = 2.0
+# A real that closes a stream within this many seconds of the client's last bytes is most
+# likely answering the client's `</stream:stream>` (a logout): not counted against it by
+# the mass-close rule (`Serverfarm.closed(by_real=...)`).
+REPLY_TIME = 1.0
 LINGER_BYTES = 4 << 20
 
 SHUTDOWN_TEXT = "the gateway is shutting down"
@@ -310,6 +314,7 @@ class ClientConnection:
         "bytes_from_client",
         "bytes_to_client",
         "client",
+        "client_at",
         "client_fin",
         "client_gone",
         "committed",
@@ -402,6 +407,7 @@ class ClientConnection:
         self.bytes_to_client = 0
         self.error: str | None = None
         self.client_fin = False
+        self.client_at = 0.0  # when the client last sent bytes (the mass-close rule)
         self.real_fin = False
         self.real_first = False  # the real's side ended the stream (not the client, not us)
         self.client_gone = False
@@ -452,6 +458,7 @@ class ClientConnection:
 
     def _client_bytes(self, data: bytes, out: list[Command], now: float) -> None:
         self.bytes_from_client += len(data)
+        self.client_at = now
         phase = self.phase
         if phase is SNIFFING:
             if not self.sniffed:
@@ -566,7 +573,7 @@ class ClientConnection:
         out: list[Command] = []
         self.real_fin = True
         if self.phase not in _ENDED:
-            self._by_real_first()
+            self._by_real_first(now)
             self._half_close(CLIENT, out, now)
         return self._timed(out)
 
@@ -575,16 +582,19 @@ class ClientConnection:
         out: list[Command] = []
         self.real_open = False
         if self.phase not in _ENDED:
-            self._by_real_first()
+            self._by_real_first(now)
         self._report_closed(out, now)
         self._close(out, now)
         self._finish_if_done(out, now)
         return self._timed(out)
 
-    def _by_real_first(self) -> None:
+    def _by_real_first(self, now: float) -> None:
         """The real's leg ended while the stream was open: the real's side closed first
-        unless the client had already sent its FIN or gone (then it is only answering)."""
-        if not self.client_fin and not self.client_gone:
+        unless the client had already sent its FIN or gone, or sent bytes within
+        REPLY_TIME: then the real is most likely answering the client's own
+        `</stream:stream>` (RFC 6120 §4.4: a logout, which ejabberd ends with its FIN)."""
+        if not self.client_fin and not self.client_gone \
+                and now - self.client_at >= REPLY_TIME:
             self.real_first = True
 
     def handed_to_splice(self) -> None:
@@ -611,14 +621,15 @@ class ClientConnection:
             out.append(Note("health_check", (self.vserver.name,)))
         return True
 
-    def splice_ended(self, up: int, down: int, now: float,
-                     real_first: bool = False) -> list[Command]:
+    def splice_ended(self, up: int, down: int, now: float, real_first: bool = False,
+                     client_at: float = 0.0) -> list[Command]:
         """The zero-copy relay ended having moved `up` bytes client→real, `down` back;
         `real_first`: the real's socket ended first (EOF or error), not the client's and
-        not a close by the gateway."""
+        not a close by the gateway; `client_at`: when the relay last read client bytes."""
         out: list[Command] = []
+        self.client_at = max(self.client_at, client_at)
         if real_first and self.phase not in _ENDED:
-            self._by_real_first()
+            self._by_real_first(now)
         self.bytes_from_client += up
         self.bytes_to_client += down
         self.spliced = True

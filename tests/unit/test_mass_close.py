@@ -23,7 +23,7 @@ from tests.unit.test_connection import (
 )
 from xmppgw import config
 from xmppgw.config import Address, ConfigError, RealConfig, ServerfarmConfig
-from xmppgw.connection import Log
+from xmppgw.connection import REPLY_TIME, Log
 from xmppgw.slb.closes import CloseBurst, is_mass_close
 from xmppgw.slb.farm import MassClose, Real, RealState, Serverfarm, StateChange
 
@@ -220,26 +220,46 @@ def test_the_real_closing_first_counts_and_is_logged() -> None:
     first, second = opaque(world), opaque(world)
     assert world.real(0).active == 2
     # copy relay: the real's FIN, passed on; the client answers; the legs go
-    first.real_eof(1.0)
-    first.client_eof(1.01)
-    out = first.real_lost(1.02) + first.client_lost(1.03)
+    first.real_eof(3.0)
+    first.client_eof(3.01)
+    out = first.real_lost(3.02) + first.client_lost(3.03)
     assert first.real_first and mass_logs(out) == []
-    # spliced: the relay says the real's socket ended first
+    # spliced: the relay says the real's socket ended first (the client last spoke at 1.5)
     second.handed_to_splice()
-    out = second.splice_ended(10, 20, 1.1, real_first=True)
+    out = second.splice_ended(10, 20, 3.1, real_first=True, client_at=1.5)
     [log] = mass_logs(out)
     assert log.level == "warning" and log.fields == {
         "farm": "F", "real": "10.0.0.1", "closes": 2, "held": 2, "still_open": 0,
         "window": 2.0, "action": "failed"}
-    assert world.farm.state(world.real(0), 1.2) is RealState.FAILED
+    assert world.farm.state(world.real(0), 3.2) is RealState.FAILED
 
 
 def test_a_reset_from_the_real_counts() -> None:
     world = mass_world()
     conns = [opaque(world), opaque(world)]
-    outs = [c.real_lost(1.0 + i / 100) for i, c in enumerate(conns)]  # RST: no FIN first
+    outs = [c.real_lost(3.0 + i / 100) for i, c in enumerate(conns)]  # RST: no FIN first
     assert all(c.real_first for c in conns)
     assert [log.fields["closes"] for log in mass_logs(outs[1])] == [2]
+
+
+def test_a_close_right_after_the_client_spoke_is_a_reply_not_counted() -> None:
+    """A logout: the client's `</stream:stream>` (opaque bytes), then the real's FIN within
+    REPLY_TIME (ejabberd closes after answering). Users logging out together never make a
+    mass close."""
+    world = mass_world()
+    conns = [opaque(world) for _ in range(4)]
+    out: list[Any] = []
+    for i, conn in enumerate(conns[:2]):  # copy relay
+        now = 5.0 + i / 100
+        conn.client_data(b"\x17\x03\x03logout", now - 0.05)
+        out += conn.real_eof(now) + conn.client_eof(now) + conn.real_lost(now)
+    for i, conn in enumerate(conns[2:]):  # spliced
+        now = 5.1 + i / 100
+        conn.handed_to_splice()
+        out += conn.splice_ended(1, 1, now, real_first=True, client_at=now - REPLY_TIME / 2)
+    assert not any(c.real_first for c in conns)
+    assert mass_logs(out) == []
+    assert world.farm.state(world.real(0), 6.0) is RealState.OPERATIONAL
 
 
 @pytest.mark.parametrize("client_side", ["fin", "lost", "splice", "gateway"])
@@ -248,7 +268,7 @@ def test_closes_by_the_client_or_the_gateway_never_count(client_side: str) -> No
     conns = [opaque(world), opaque(world), opaque(world)]
     out: list[Any] = []
     for i, conn in enumerate(conns):
-        now = 1.0 + i / 100
+        now = 3.0 + i / 100
         if client_side == "fin":  # the client's FIN first; the real answers with its own
             out += conn.client_eof(now) + conn.real_eof(now) + conn.real_lost(now)
         elif client_side == "lost":  # the client's connection reset (a network fault)

@@ -132,6 +132,7 @@ class ClientSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.direct:
             self.conn.bytes_from_client += len(data)
+            self.conn.client_at = self.loop.time()
             self.upstream.transport.write(data)  # type: ignore[union-attr]
             if self.splice_wanted:
                 self.try_splice()
@@ -377,7 +378,7 @@ class ClientSession(asyncio.Protocol):
 
     def _splice_ended(self, relay: SpliceRelay) -> None:
         self.run(self.conn.splice_ended(relay.up.moved, relay.down.moved, self.loop.time(),
-                                        bool(relay.real_first)))
+                                        bool(relay.real_first), relay.up.last))
 
 
 class UpstreamLeg(asyncio.Protocol):

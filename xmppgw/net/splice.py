@@ -70,7 +70,7 @@ def close_pipe(pipe: tuple[int, int]) -> None:
 class _Direction:
     """One way of the relay: `src` socket to `dst` socket."""
 
-    __slots__ = ("dst", "eof", "moved", "pending", "pipe", "relay", "src", "waiting")
+    __slots__ = ("dst", "eof", "last", "moved", "pending", "pipe", "relay", "src", "waiting")
 
     def __init__(self, relay: SpliceRelay, src: socket.socket, dst: socket.socket) -> None:
         self.relay = relay
@@ -81,6 +81,7 @@ class _Direction:
         self.moved = 0
         self.eof = False
         self.waiting = False  # stuck: watching dst for writability instead of src
+        self.last = 0.0  # loop time of the last bytes read from src
 
     def readable(self) -> None:
         for _ in range(READS_PER_WAKEUP):
@@ -101,6 +102,7 @@ class _Direction:
                 return
             self.pending += n
             self.moved += n
+            self.last = self.relay.loop.time()
             self._flush()
             if self.waiting or self.relay.closed:
                 return
