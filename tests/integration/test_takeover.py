@@ -412,3 +412,36 @@ def test_a_gateway_with_workers_refuses_to_be_taken_over(short_dir: Path) -> Non
     finally:
         old.stop()
     assert "Traceback" not in old.log_text(), old.log_text()
+
+
+def test_a_side_port_taken_does_not_stop_the_successor(short_dir: Path) -> None:
+    """After the release the successor is the only process serving: a metrics port it cannot
+    take (held by someone else) costs it the metrics listener, not the vservers; it says so
+    (`takeover_side_failed`) and goes on serving and answering its control socket."""
+    control = short_dir / "ctl.sock"
+    old = GatewayProcess(dummy_config(control), short_dir)
+    old.run_args = ["--drain", "3"]
+    old.start()
+    squatter = socket.socket()
+    successor = None
+    try:
+        squatter.bind((DUMMY_VIP, 9106))
+        squatter.listen()
+        old.config_path.write_text(dummy_config(control, side=f'metrics = "{DUMMY_VIP}:9106"'))
+        os.kill(old.pid, signal.SIGUSR2)
+        record = old.wait_record(lambda r: True, event="takeover_side_failed")
+        assert "9106" in record["error"] or "in use" in record["error"].lower(), record
+        assert old.proc is not None and old.proc.wait(15) == 0, old.log_text()
+        successor = dummy_holders()[0]
+        assert successor != old.pid and not gone(successor)
+        with socket.create_connection((DUMMY_VIP, 5222), timeout=5):
+            pass  # still accepting
+        assert json.loads(old.show("vservers", "--json"))[0]["inservice"]  # its control socket
+        os.kill(successor, signal.SIGTERM)
+        wait_until(lambda: gone(successor), 15, "the successor to exit")
+        assert "Traceback" not in old.log_text(), old.log_text()
+    finally:
+        squatter.close()
+        if successor is not None and not gone(successor):
+            os.kill(successor, signal.SIGKILL)
+        old.stop()

@@ -136,16 +136,31 @@ class Gateway:
         if self.control is not None and self.config.gateway.control_socket:
             self.control.move_to(self.config.gateway.control_socket)
 
-    async def start_side(self) -> None:
-        """The metrics and SRV listeners (worker 0); OSError (after stopping) if one cannot."""
+    async def start_side(self, fatal: bool = True) -> list[OSError]:
+        """The metrics and SRV listeners (worker 0). One that cannot listen: with `fatal`
+        (start-up), OSError after stopping the gateway; without (after a takeover, where the
+        adopted listeners are the only ones serving and must stay up) the other still
+        starts, and the errors are returned."""
+        errors: list[OSError] = []
         try:
             if self.config.gateway.metrics is not None:
-                self._start_metrics(self.config.gateway.metrics)
+                try:
+                    self._start_metrics(self.config.gateway.metrics)
+                except OSError as exc:
+                    if fatal:
+                        raise
+                    errors.append(exc)
             if self.config.srv is not None:
-                await self._start_srv(self.config)
+                try:
+                    await self._start_srv(self.config)
+                except OSError as exc:
+                    if fatal:
+                        raise
+                    errors.append(exc)
         except OSError:
             await self.stop()
             raise
+        return errors
 
     async def stop_side(self) -> None:
         """Close the SRV and metrics listeners and stop the probes (a handover: the new

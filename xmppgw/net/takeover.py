@@ -216,9 +216,9 @@ async def take_over(config: Config, log: Any, drain: float) -> Gateway:
     if answer is None:
         log.warning("takeover_no_answer", reason="the old gateway did not confirm the "
                     "release (it may have exited): its sockets are ours anyway")
-    try:
-        await gateway.start_side()
-    except OSError as exc:  # the streams matter more than metrics: go on without
+    # The old process has let go: this one is the only one serving, so a metrics or SRV
+    # port it cannot take must not stop it; it goes on without that side, saying so.
+    for exc in await gateway.start_side(fatal=False):
         log.error("takeover_side_failed", error=exc.strerror or str(exc))
     return gateway
 
