@@ -315,3 +315,28 @@ def test_allowed_values_come_from_their_owners() -> None:
     assert fmt.endswith(f"must be one of {', '.join(FORMATS)}")
     [proxy] = refused(MINIMAL.replace('name = "F"', 'name = "F"\nproxy_protocol = "v3"'))
     assert proxy.endswith(f"must be one of {', '.join(VERSIONS)}")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("user_timeout = inf", "gateway.keepalive.user_timeout: must be a finite number"),
+    ("idle = nan", "gateway.keepalive.idle: must be a finite number"),
+    ("user_timeout = 3e6", "gateway.keepalive.user_timeout: must be at most 2147483 "
+                           "(TCP_USER_TIMEOUT, in ms, is an int)"),
+    ("interval = 1e9", "gateway.keepalive.interval: must be at most 32767 (TCP_KEEPINTVL)"),
+    ("idle = 40000", "gateway.keepalive.idle: must be at most 32767 (TCP_KEEPIDLE)"),
+    ("count = 128", "gateway.keepalive.count: must be at most 127 (TCP_KEEPCNT)"),
+    ("count = 0", "gateway.keepalive.count: must be at least 1"),
+])
+def test_keepalive_values_the_kernel_refuses_are_refused_here(line: str, message: str) -> None:
+    """`check` passed these and `run` then crashed (inf, overflow) or the kernel silently
+    kept its own default (setsockopt failed): the loader names the key and the limit."""
+    text = MINIMAL.replace("[[vserver]]", f"[gateway.keepalive]\n{line}\n\n[[vserver]]")
+    assert refused(text) == [f"test.toml:5: {message}"]
+
+
+def test_the_kernel_limits_themselves_load() -> None:
+    text = MINIMAL.replace("[[vserver]]", "[gateway.keepalive]\nidle = 32767\ninterval = 32767\n"
+                           "count = 127\nuser_timeout = 2147483\n\n[[vserver]]")
+    keepalive = config.loads(text, "test.toml").gateway.keepalive
+    assert (keepalive.idle, keepalive.interval, keepalive.count, keepalive.user_timeout) == (
+        32767, 32767, 127, 2147483)

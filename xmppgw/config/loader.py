@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable
@@ -201,11 +202,29 @@ def _type_name(value: Any) -> str:
 
 
 def _positive(value: float) -> str | None:
+    if value != value or value == math.inf:  # TOML allows nan and inf; no time is either
+        return "must be a finite number"
     return None if value > 0 else "must be greater than 0"
 
 
 def _not_negative(value: float) -> str | None:
+    if value != value or value == math.inf:
+        return "must be a finite number"
     return None if value >= 0 else "must be 0 (off) or more"
+
+
+def _up_to(high: float, why: str,
+           low: Callable[[Any], str | None] = _positive) -> Callable[[Any], str | None]:
+    """`low`'s check, then at most `high` (`why`: whose limit it is)."""
+    return lambda value: low(value) or (None if value <= high
+                                        else f"must be at most {high} ({why})")
+
+
+# Linux's limits (tcp(7)): a bigger value makes setsockopt fail, and the kernel's default
+# would apply silently instead of the configured one.
+MAX_KEEPIDLE = MAX_KEEPINTVL = 32767  # s, MAX_TCP_KEEPIDLE / MAX_TCP_KEEPINTVL
+MAX_KEEPCNT = 127  # MAX_TCP_KEEPCNT
+MAX_USER_TIMEOUT = 2147483  # s: TCP_USER_TIMEOUT is an int of milliseconds
 
 
 def _at_least(low: int) -> Callable[[int], str | None]:
@@ -291,10 +310,11 @@ def _gateway(s: _Section) -> GatewayConfig:
     s.used.add("metrics")  # read below only when given; known here either way
     ka = s.sub("keepalive")
     keepalive = Keepalive(
-        idle=ka.get("idle", float, k.idle, _positive),
-        interval=ka.get("interval", float, k.interval, _positive),
-        count=ka.get("count", int, k.count, _at_least(1)),
-        user_timeout=ka.get("user_timeout", float, k.user_timeout, _positive),
+        idle=ka.get("idle", float, k.idle, _up_to(MAX_KEEPIDLE, "TCP_KEEPIDLE")),
+        interval=ka.get("interval", float, k.interval, _up_to(MAX_KEEPINTVL, "TCP_KEEPINTVL")),
+        count=ka.get("count", int, k.count, _up_to(MAX_KEEPCNT, "TCP_KEEPCNT", _at_least(1))),
+        user_timeout=ka.get("user_timeout", float, k.user_timeout,
+                            _up_to(MAX_USER_TIMEOUT, "TCP_USER_TIMEOUT, in ms, is an int")),
     )
     ka.done()
     gateway = GatewayConfig(
