@@ -83,9 +83,9 @@ MAX_CONNECT_BUFFER = 65536
 # dropped for this long (seconds, at most LINGER_BYTES), then the socket closes. Closing with
 # unread data would send a reset that can destroy the error document in flight (HAProxy, nginx).
 LINGER_TIME = 2.0
-# A real that closes a stream within this many seconds of the client's last bytes is most
-# likely answering the client's `</stream:stream>` (a logout): not counted against it by
-# the mass-close rule (`Serverfarm.closed(by_real=...)`).
+# A real that closes a stream within this many seconds of the client's last bytes, which
+# the real had not prompted within this time before, is most likely answering the client's
+# `</stream:stream>` (a logout): not counted by the mass-close rule (`Serverfarm.closed`).
 REPLY_TIME = 1.0
 LINGER_BYTES = 4 << 20
 
@@ -317,6 +317,7 @@ class ClientConnection:
         "client_at",
         "client_fin",
         "client_gone",
+        "client_prior",
         "committed",
         "connect_started",
         "domain",
@@ -341,6 +342,7 @@ class ClientConnection:
         "proxy_header",
         "proxy_reader",
         "real",
+        "real_at",
         "real_fin",
         "real_first",
         "real_open",
@@ -407,7 +409,9 @@ class ClientConnection:
         self.bytes_to_client = 0
         self.error: str | None = None
         self.client_fin = False
-        self.client_at = 0.0  # when the client last sent bytes (the mass-close rule)
+        # The mass-close rule: when the client last sent bytes, when the real last sent
+        # bytes, and when the real had last sent bytes before the client's last ones.
+        self.client_at = self.real_at = self.client_prior = 0.0
         self.real_fin = False
         self.real_first = False  # the real's side ended the stream (not the client, not us)
         self.client_gone = False
@@ -458,7 +462,7 @@ class ClientConnection:
 
     def _client_bytes(self, data: bytes, out: list[Command], now: float) -> None:
         self.bytes_from_client += len(data)
-        self.client_at = now
+        self.client_prior, self.client_at = self.real_at, now
         phase = self.phase
         if phase is SNIFFING:
             if not self.sniffed:
@@ -565,6 +569,7 @@ class ClientConnection:
         if self.phase in _ENDED:
             return []
         out: list[Command] = []
+        self.real_at = now
         self._from_real(data, out)
         return self._timed(out)
 
@@ -590,11 +595,17 @@ class ClientConnection:
 
     def _by_real_first(self, now: float) -> None:
         """The real's leg ended while the stream was open: the real's side closed first
-        unless the client had already sent its FIN or gone, or sent bytes within
-        REPLY_TIME: then the real is most likely answering the client's own
-        `</stream:stream>` (RFC 6120 §4.4: a logout, which ejabberd ends with its FIN)."""
-        if not self.client_fin and not self.client_gone \
-                and now - self.client_at >= REPLY_TIME:
+        unless the client had already sent its FIN or gone, or the client spoke first in
+        the closing exchange: bytes from the client within REPLY_TIME before this end, not
+        prompted by bytes from the real just before them, are most likely a logout's
+        `</stream:stream>` that the real answers and closes on (RFC 6120 §4.4). A server
+        going away speaks first (`<system-shutdown/>`), the client answers, the real
+        closes: that counts."""
+        if self.client_fin or self.client_gone:
+            return
+        quiet = now - self.client_at >= REPLY_TIME
+        prompted = self.client_at - self.client_prior < REPLY_TIME
+        if quiet or prompted:
             self.real_first = True
 
     def handed_to_splice(self) -> None:
@@ -622,12 +633,14 @@ class ClientConnection:
         return True
 
     def splice_ended(self, up: int, down: int, now: float, real_first: bool = False,
-                     client_at: float = 0.0) -> list[Command]:
+                     client_at: float = 0.0, client_prior: float = 0.0) -> list[Command]:
         """The zero-copy relay ended having moved `up` bytes client→real, `down` back;
         `real_first`: the real's socket ended first (EOF or error), not the client's and
-        not a close by the gateway; `client_at`: when the relay last read client bytes."""
+        not a close by the gateway; `client_at`: when the relay last read client bytes
+        (loop time, 0 if none), `client_prior`: when it had last read the real's before."""
         out: list[Command] = []
-        self.client_at = max(self.client_at, client_at)
+        if client_at > self.client_at:
+            self.client_at, self.client_prior = client_at, client_prior
         if real_first and self.phase not in _ENDED:
             self._by_real_first(now)
         self.bytes_from_client += up

@@ -262,6 +262,21 @@ def test_a_close_right_after_the_client_spoke_is_a_reply_not_counted() -> None:
     assert world.farm.state(world.real(0), 6.0) is RealState.OPERATIONAL
 
 
+def test_a_shutdown_the_client_answers_still_counts() -> None:
+    """`ejabberdctl stop`: the real speaks first (`<system-shutdown/>`), the client answers
+    with its `</stream:stream>`, then the real closes. Copy relay and splice relay."""
+    world = mass_world()
+    first, second = opaque(world), opaque(world)
+    first.real_data(b"\x17\x03\x03shutdown", 5.0)
+    first.client_data(b"\x17\x03\x03bye", 5.02)
+    out = first.real_eof(5.03) + first.client_eof(5.04) + first.real_lost(5.04)
+    assert first.real_first and mass_logs(out) == []
+    second.handed_to_splice()
+    out = second.splice_ended(1, 1, 5.05, real_first=True, client_at=5.03, client_prior=5.01)
+    assert second.real_first
+    assert [log.fields["closes"] for log in mass_logs(out)] == [2]
+
+
 @pytest.mark.parametrize("client_side", ["fin", "lost", "splice", "gateway"])
 def test_closes_by_the_client_or_the_gateway_never_count(client_side: str) -> None:
     world = mass_world()

@@ -131,8 +131,9 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.direct:
-            self.conn.bytes_from_client += len(data)
-            self.conn.client_at = self.loop.time()
+            conn = self.conn
+            conn.bytes_from_client += len(data)
+            conn.client_prior, conn.client_at = conn.real_at, self.loop.time()
             self.upstream.transport.write(data)  # type: ignore[union-attr]
             if self.splice_wanted:
                 self.try_splice()
@@ -163,6 +164,7 @@ class ClientSession(asyncio.Protocol):
     def from_real(self, data: bytes) -> None:
         if self.direct:
             self.conn.bytes_to_client += len(data)
+            self.conn.real_at = self.loop.time()
             self.transport.write(data)  # type: ignore[union-attr]
             if self.splice_wanted:
                 self.try_splice()
@@ -378,7 +380,8 @@ class ClientSession(asyncio.Protocol):
 
     def _splice_ended(self, relay: SpliceRelay) -> None:
         self.run(self.conn.splice_ended(relay.up.moved, relay.down.moved, self.loop.time(),
-                                        bool(relay.real_first), relay.up.last))
+                                        bool(relay.real_first), relay.up.last,
+                                        relay.up.prior))
 
 
 class UpstreamLeg(asyncio.Protocol):

@@ -70,7 +70,8 @@ def close_pipe(pipe: tuple[int, int]) -> None:
 class _Direction:
     """One way of the relay: `src` socket to `dst` socket."""
 
-    __slots__ = ("dst", "eof", "last", "moved", "pending", "pipe", "relay", "src", "waiting")
+    __slots__ = ("dst", "eof", "last", "moved", "pending", "pipe", "prior", "relay", "src",
+                 "waiting")
 
     def __init__(self, relay: SpliceRelay, src: socket.socket, dst: socket.socket) -> None:
         self.relay = relay
@@ -82,6 +83,7 @@ class _Direction:
         self.eof = False
         self.waiting = False  # stuck: watching dst for writability instead of src
         self.last = 0.0  # loop time of the last bytes read from src
+        self.prior = 0.0  # ... and of the other direction's last bytes before them
 
     def readable(self) -> None:
         for _ in range(READS_PER_WAKEUP):
@@ -102,7 +104,9 @@ class _Direction:
                 return
             self.pending += n
             self.moved += n
-            self.last = self.relay.loop.time()
+            relay = self.relay
+            self.prior = (relay.down if self is relay.up else relay.up).last
+            self.last = relay.loop.time()
             self._flush()
             if self.waiting or self.relay.closed:
                 return
