@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -224,8 +225,12 @@ def cmd_import_ios(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 1
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(result.toml)
+        try:
+            with open(args.output, "w", encoding="utf-8") as out:
+                out.write(result.toml)
+        except OSError as exc:
+            print(f"xmppgw: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     else:
         print(result.toml, end="")
     return 0
@@ -288,8 +293,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
     data = reply["data"]
     changes = [f"{key.replace('_', ' ')}: {', '.join(value)}"
                for key, value in data.items() if value]
-    print(f"{args.config}: reloaded" + ("; " + "; ".join(changes) if changes else
-                                        " (no real or vserver added or removed)"))
+    # The gateway re-reads the file it was started with (after a takeover, the new
+    # process's); the file given here only named the control socket to ask.
+    read = reply.get("config", args.config)
+    print(f"{read}: reloaded" + ("; " + "; ".join(changes) if changes else
+                                 " (no real or vserver added or removed)"))
+    if os.path.realpath(read) != os.path.realpath(args.config):
+        print(f"xmppgw: the running gateway re-read its own file {read}, not {args.config}",
+              file=sys.stderr)
     return 0
 
 

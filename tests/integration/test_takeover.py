@@ -445,3 +445,22 @@ def test_a_side_port_taken_does_not_stop_the_successor(short_dir: Path) -> None:
         if successor is not None and not gone(successor):
             os.kill(successor, signal.SIGKILL)
         old.stop()
+
+
+def test_reload_names_the_file_the_gateway_re_read(short_dir: Path) -> None:
+    """`reload -c OTHER` asks the gateway on OTHER's control socket; the gateway re-reads its
+    own file (after a takeover, the new process's), and the command says which."""
+    control = short_dir / "ctl.sock"
+    gw = GatewayProcess(dummy_config(control, extra=vserver("KEPT", 5224)), short_dir).start()
+    try:
+        other = short_dir / "other.toml"
+        other.write_text(dummy_config(control))
+        result = subprocess.run([sys.executable, "-m", "xmppgw", "reload", "-c", str(other)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert result.returncode == 0, result
+        assert result.stdout.startswith(f"{gw.config_path}: reloaded"), result.stdout
+        assert f"re-read its own file {gw.config_path}, not {other}" in result.stderr
+        assert dummy_holders(5224) == [gw.pid]  # its own file still has KEPT
+    finally:
+        gw.stop()

@@ -340,3 +340,20 @@ def test_the_kernel_limits_themselves_load() -> None:
     keepalive = config.loads(text, "test.toml").gateway.keepalive
     assert (keepalive.idle, keepalive.interval, keepalive.count, keepalive.user_timeout) == (
         32767, 32767, 127, 2147483)
+
+
+def test_a_misspelt_srv_section_is_told_about_srv() -> None:
+    """`srv` is read only when present, but it is a key of the top level all the same: the
+    list of known keys names it and a typo gets the suggestion."""
+    problems = refused(MINIMAL + '\n[svr]\nzones = ["example.test"]\n')
+    assert len(problems) == 1
+    assert "svr: unknown key (known here: gateway, serverfarm, srv, vserver)" in problems[0]
+    assert "srv" in problems[0].split("known here")[1].split(")", 1)[1], problems[0]
+
+
+def test_a_real_given_as_a_string_is_told_the_whole_table_header() -> None:
+    text = MINIMAL.replace('[[serverfarm.real]]\naddress = "127.0.0.2"\n',
+                           'real = "127.0.0.2"\n')
+    problems = refused(text)
+    assert any("serverfarm[0].real: must be an array of tables ([[serverfarm.real]])" in p
+               for p in problems), problems

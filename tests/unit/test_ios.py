@@ -353,3 +353,13 @@ def test_imported_seed_checks_and_runs(listeners: Listeners, tmp_path: Path) -> 
         code = gw.stop()
     assert code == 0, gw.log_text()[-3000:]
     assert "Traceback" not in gw.log_text()
+
+
+def test_an_output_file_that_cannot_be_written_is_one_line_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "missing-dir" / "x.toml"
+    code = cli.main(["import-ios", str(DATA / "seed-ios.cfg"), "-o", str(target)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"xmppgw: cannot write {target}: No such file or directory" in err
+    assert "Traceback" not in err and not target.exists()

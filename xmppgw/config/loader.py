@@ -155,7 +155,8 @@ class _Section:
         self.used.add(key)
         value = self.data.get(key, [])
         if not isinstance(value, list):
-            self.ctx.error(self.keypath + (key,), f"must be an array of tables ([[{key}]])")
+            header = ".".join(p for p in (*self.keypath, key) if isinstance(p, str))
+            self.ctx.error(self.keypath + (key,), f"must be an array of tables ([[{header}]])")
             return []
         return [_Section(self.ctx, item, self.keypath + (key, i)) for i, item in enumerate(value)]
 
@@ -272,6 +273,7 @@ def _build(ctx: _Context, data: dict[str, Any]) -> Config:
     farm_sections = top.tables("serverfarm")
     farms = [_serverfarm(s, gateway) for s in farm_sections]
     vservers = [_vserver(s, gateway) for s in top.tables("vserver")]
+    top.used.add("srv")  # read only when given; known (and suggested) either way
     srv = _srv(top.sub("srv"), gateway) if "srv" in top.data else None
     top.done()
     _cross_check(ctx, vservers, farms)

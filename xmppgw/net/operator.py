@@ -120,7 +120,7 @@ class Operator:
                 summary = await gw.reload(config)
             except ReloadRefused as exc:
                 return {"ok": False, "error": str(exc)}
-            return {"ok": True, "data": summary}
+            return {"ok": True, "data": summary, "config": str(gw.config.path)}
         seen = gw.config_generation
         self._reloaded.clear()
         os.kill(os.getppid(), signal.SIGHUP)
@@ -134,7 +134,7 @@ class Operator:
                 await asyncio.wait_for(self._reloaded.wait(), remaining)
             except TimeoutError:
                 continue
-        return {"ok": True, "data": gw.last_reload}
+        return {"ok": True, "data": gw.last_reload, "config": str(gw.config.path)}
 
     def reloaded(self) -> None:
         """A reload from the master's slot ended (applied or refused): `reload` may answer."""
