@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ios.add_argument("--control-socket", default=None,
                      help="gateway.control_socket (default /run/xmppgw/xmppgw.sock)")
     ios.add_argument("-o", "--output", help="write the TOML to this file, not standard output")
-    show = sub.add_parser("show", help="show vservers, serverfarms or reals of a running gateway")
+    show = sub.add_parser("show", help="show vservers, serverfarms, reals or conns (its streams) of a running gateway")
     show.add_argument("what", choices=["vservers", "serverfarms", "reals", "conns"])
     show.add_argument("detail", nargs="?", choices=["detail"], help="IOS's detail form")
     show.add_argument("-c", "--config", required=True, help="the running gateway's config")
