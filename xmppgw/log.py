@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-
 FLUSH_DELAY = 0.05
 FLUSH_BYTES = 65536
 

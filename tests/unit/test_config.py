@@ -320,8 +320,8 @@ def test_allowed_values_come_from_their_owners() -> None:
 @pytest.mark.parametrize("line, message", [
     ("user_timeout = inf", "gateway.keepalive.user_timeout: must be a finite number"),
     ("idle = nan", "gateway.keepalive.idle: must be a finite number"),
-    ("user_timeout = 3e6", "gateway.keepalive.user_timeout: must be at most 2147483 "
-                           "(TCP_USER_TIMEOUT, in ms, is an int)"),
+    ("user_timeout = 3e6", ("gateway.keepalive.user_timeout: must be at most 2147483 "
+                            "(TCP_USER_TIMEOUT, in ms, is an int)")),
     ("interval = 1e9", "gateway.keepalive.interval: must be at most 32767 (TCP_KEEPINTVL)"),
     ("idle = 40000", "gateway.keepalive.idle: must be at most 32767 (TCP_KEEPIDLE)"),
     ("count = 128", "gateway.keepalive.count: must be at most 127 (TCP_KEEPCNT)"),

@@ -203,13 +203,13 @@ def _type_name(value: Any) -> str:
 
 
 def _positive(value: float) -> str | None:
-    if value != value or value == math.inf:  # TOML allows nan and inf; no time is either
+    if not math.isfinite(value):  # TOML allows nan and inf; no time is either
         return "must be a finite number"
     return None if value > 0 else "must be greater than 0"
 
 
 def _not_negative(value: float) -> str | None:
-    if value != value or value == math.inf:
+    if not math.isfinite(value):
         return "must be a finite number"
     return None if value >= 0 else "must be 0 (off) or more"
 
