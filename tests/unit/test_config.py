@@ -357,3 +357,37 @@ def test_a_real_given_as_a_string_is_told_the_whole_table_header() -> None:
     problems = refused(text)
     assert any("serverfarm[0].real: must be an array of tables ([[serverfarm.real]])" in p
                for p in problems), problems
+
+
+def test_a_duplicate_real_is_reported_at_its_own_index_after_an_invalid_one() -> None:
+    text = MINIMAL.replace('[[serverfarm.real]]\naddress = "127.0.0.2"\n',
+                           'real = [{address = "127.0.0.2"}, {address = "bogus"}, '
+                           '{address = "127.0.0.2"}]\n')
+    problems = refused(text)
+    assert any("serverfarm[0].real[2].address: duplicate address 127.0.0.2" in p
+               for p in problems), problems
+    assert not any("real[1].address: duplicate" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("table, name, message", [
+    ("vserver", "", "must not be empty"),
+    ("serverfarm", "", "must not be empty"),
+    ("vserver", "my vserver", "'my vserver' must be one word"),
+    ("serverfarm", "F\\nX", "must be one word"),
+])
+def test_names_are_one_printable_word(table: str, name: str, message: str) -> None:
+    """Names are words of `show` lines and of commands (`real FARM ADDRESS no-inservice`)."""
+    old = 'name = "V"' if table == "vserver" else 'name = "F"\n'
+    text = MINIMAL.replace(old, f'name = "{name}"' + ("" if table == "vserver" else "\n"))
+    if table == "serverfarm":
+        text = text.replace('serverfarm = "F"', f'serverfarm = "{name}"')
+    problems = refused(text)
+    assert any(f"{table}[0].name: " in p and message in p for p in problems), problems
+
+
+def test_an_empty_config_is_refused_and_domains_are_kept_once() -> None:
+    assert refused("") == ["test.toml: vserver: an empty config: no [[vserver]] and no "
+                           "[[serverfarm]]"]
+    text = MINIMAL.replace('domains = ["example.test"]',
+                           'domains = ["example.test", "EXAMPLE.test"]')
+    assert config.loads(text, "test.toml").gateway.domains == ("example.test",)

@@ -232,6 +232,15 @@ def _at_least(low: int) -> Callable[[int], str | None]:
     return lambda value: None if value >= low else f"must be at least {low}"
 
 
+def _name(value: str) -> str | None:
+    """A vserver's or serverfarm's name: one word, as `show` prints it and commands take it."""
+    if not value:
+        return "must not be empty"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"{value!r} must be one word, with no spaces or control characters"
+    return None
+
+
 def _one_of(choices: Iterable[str]) -> Callable[[str], str | None]:
     choices = tuple(choices)
     return lambda value: (None if value in choices else f"must be one of {', '.join(choices)}"
@@ -322,7 +331,8 @@ def _gateway(s: _Section) -> GatewayConfig:
     gateway = GatewayConfig(
         name=s.get("name", str, d.name, _domain_check),
         control_socket=s.get("control_socket", str, d.control_socket),
-        domains=tuple(x.lower() for x in s.get("domains", list, list(d.domains), _domains)),
+        domains=tuple(dict.fromkeys(  # names are case-insensitive: one entry each
+            x.lower() for x in s.get("domains", list, list(d.domains), _domains))),
         header_timeout=s.get("header_timeout", float, d.header_timeout, _positive),
         max_header_bytes=s.get("max_header_bytes", int, d.max_header_bytes, _at_least(256)),
         max_hello_bytes=s.get("max_hello_bytes", int, d.max_hello_bytes, _at_least(512)),
@@ -360,13 +370,15 @@ def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
     if not s.ok:
         return None
     reals = []
-    for r in s.tables("real"):
+    addresses: dict[int, str] = {}  # by index in the file: an invalid real keeps its number
+    for i, r in enumerate(s.tables("real")):
         real = _real(r)
         if real is not None:
             reals.append(real)
+            addresses[i] = str(real.address)
     d = _defaults(ServerfarmConfig)
     farm = ServerfarmConfig(
-        name=s.get("name", str),
+        name=s.get("name", str, check=_name),
         nat=s.get("nat", str, d.nat, _one_of(NATS)),
         predictor=s.get("predictor", str, d.predictor, _one_of(PREDICTORS)),
         connect_timeout=s.get("connect_timeout", float, gateway.connect_timeout, _positive),
@@ -388,7 +400,7 @@ def _serverfarm(s: _Section, gateway: GatewayConfig) -> ServerfarmConfig | None:
         directtls_port=s.get("directtls_port", int, d.directtls_port, _port_check),
     )
     s.done()
-    _unique(s, "real", [str(r.address) for r in reals], "address")
+    _unique(s, "real", addresses, "address")
     return farm
 
 
@@ -530,7 +542,7 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
                                                  + did_you_mean(k, KINDS)
                                                  for k in v if k not in KINDS), None))
     vserver = VserverConfig(
-        name=s.get("name", str),
+        name=s.get("name", str, check=_name),
         virtual=_address(s, "virtual", need_port=True),  # type: ignore[arg-type]
         mode=s.get("mode", str, d.mode, _one_of(MODES)),
         serverfarm=s.get("serverfarm", str, d.serverfarm),
@@ -673,9 +685,10 @@ def _ip_list(s: _Section, key: str) -> list[str]:
     return out
 
 
-def _unique(s: _Section, table: str, values: list[str], key: str) -> None:
+def _unique(s: _Section, table: str, values: dict[int, str], key: str) -> None:
+    """Each later repeat of a value is reported at its own index in `table`."""
     seen: set[str] = set()
-    for i, value in enumerate(values):
+    for i, value in values.items():
         if value in seen:
             s.ctx.error(s.keypath + (table, i, key), f"duplicate {key} {value}")
         seen.add(value)
@@ -691,6 +704,8 @@ def _cross_check(ctx: _Context, vservers: list[VserverConfig | None],
         if farm.name in farm_names:
             ctx.error(("serverfarm", i, "name"), f"duplicate serverfarm name {farm.name!r}")
         farm_names[farm.name] = i
+    if not vservers and not farms:
+        ctx.error(("vserver",), "an empty config: no [[vserver]] and no [[serverfarm]]")
     known = ", ".join(farm_names) or "none defined"
     names: set[str] = set()
     virtuals: set[str] = set()
