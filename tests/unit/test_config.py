@@ -386,8 +386,8 @@ def test_names_are_one_printable_word(table: str, name: str, message: str) -> No
 
 
 def test_an_empty_config_is_refused_and_domains_are_kept_once() -> None:
-    assert refused("") == ["test.toml: vserver: an empty config: no [[vserver]] and no "
-                           "[[serverfarm]]"]
+    assert refused("") == [("test.toml: vserver: an empty config: no [[vserver]] and no "
+                            "[[serverfarm]]")]
     text = MINIMAL.replace('domains = ["example.test"]',
                            'domains = ["example.test", "EXAMPLE.test"]')
     assert config.loads(text, "test.toml").gateway.domains == ("example.test",)
