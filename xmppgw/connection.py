@@ -87,6 +87,9 @@ LINGER_TIME = 2.0
 # the real had not prompted within this time before, is most likely answering the client's
 # `</stream:stream>` (a logout): not counted by the mass-close rule (`Serverfarm.closed`).
 REPLY_TIME = 1.0
+# Nor does a stream younger than this (seconds since accept): a real refusing or ending a
+# stream at login (a failed authentication, a quick login-logout) is not going away.
+SETTLED_TIME = 2.0
 LINGER_BYTES = 4 << 20
 
 SHUTDOWN_TEXT = "the gateway is shutting down"
@@ -600,8 +603,8 @@ class ClientConnection:
         prompted by bytes from the real just before them, are most likely a logout's
         `</stream:stream>` that the real answers and closes on (RFC 6120 §4.4). A server
         going away speaks first (`<system-shutdown/>`), the client answers, the real
-        closes: that counts."""
-        if self.client_fin or self.client_gone:
+        closes: that counts. Nor does a stream younger than SETTLED_TIME count."""
+        if self.client_fin or self.client_gone or now - self.started < SETTLED_TIME:
             return
         quiet = now - self.client_at >= REPLY_TIME
         prompted = self.client_at - self.client_prior < REPLY_TIME

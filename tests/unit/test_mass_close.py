@@ -23,7 +23,7 @@ from tests.unit.test_connection import (
 )
 from xmppgw import config
 from xmppgw.config import Address, ConfigError, RealConfig, ServerfarmConfig
-from xmppgw.connection import REPLY_TIME, Log
+from xmppgw.connection import REPLY_TIME, SETTLED_TIME, Log
 from xmppgw.slb.closes import CloseBurst, is_mass_close
 from xmppgw.slb.farm import MassClose, Real, RealState, Serverfarm, StateChange
 
@@ -275,6 +275,17 @@ def test_a_shutdown_the_client_answers_still_counts() -> None:
     out = second.splice_ended(1, 1, 5.05, real_first=True, client_at=5.03, client_prior=5.01)
     assert second.real_first
     assert [log.fields["closes"] for log in mass_logs(out)] == [2]
+
+
+def test_streams_closed_young_never_count() -> None:
+    """Logins the real refuses or ends at once (a churn of short sessions) are no burst."""
+    world = mass_world()
+    conns = [opaque(world) for _ in range(4)]  # accepted at 0.0
+    out: list[Any] = []
+    for i, conn in enumerate(conns):
+        out += conn.real_lost(SETTLED_TIME - 0.1 + i / 100)
+    assert not any(c.real_first for c in conns)
+    assert mass_logs(out) == []
 
 
 @pytest.mark.parametrize("client_side", ["fin", "lost", "splice", "gateway"])

@@ -357,8 +357,8 @@ class ServerfarmConfig:
         "least `mass_close_share` of the streams it held, is marked FAILED at once for its "
         "`retry` (event `real_mass_close`), never the last available real. Counted per "
         "worker. Closes by clients never count, nor a close within 1 s of client bytes the "
-        "real had not prompted (the real answering a logout's `</stream:stream>`). `0` "
-        "turns it off."))
+        "real had not prompted (the real answering a logout's `</stream:stream>`), nor the "
+        "close of a stream younger than 2 s (a login refused or ended). `0` turns it off."))
     mass_close_share: int = _k(25, unit="%", ios="none", doc=(
         "The share of the real's streams that `mass_close_streams` also asks for: of the most "
         "it held just before any close of the window (streams that reconnecting clients open "
