@@ -5,6 +5,7 @@ The rest lives in docs/ (tests/unit/test_docs_build.py, test_docs_pages.py)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -64,3 +65,46 @@ def test_readmes_links_lead_to_files() -> None:
     assert local, "README links to no docs page"
     missing = [link for link in local if not (ROOT / link).exists()]
     assert not missing, missing
+
+
+BENCH = ROOT / "bench" / "results" / "latest.json"
+BENCH_PAGE = ROOT / "docs" / "benchmarks.md"
+
+
+def bench_ratio(key: str) -> str:
+    return f"{json.loads(BENCH.read_text())['figures'][key]['ratio']:.2f}"
+
+
+def test_the_bench_figures_quoted_are_the_latest_rounds() -> None:
+    """Every ratio the README and the benchmark page's summary quote is the one in
+    bench/results/latest.json (the round bench/run.sh wrote), with that round's date."""
+    data = json.loads(BENCH.read_text())
+    stamp = data["date"][:16].replace("+", "")  # 2026-11-29T21:43
+    bullet = next(line for line in section(readme(), "Measured").split("\n- ")
+                  if "docs/benchmarks.md" in line)
+    bullet = " ".join(bullet.split())
+    assert f"{stamp}Z" in bullet, bullet
+    assert (f"bulk {bench_ratio('bulk_up')} client→server and {bench_ratio('bulk_down')} "
+            f"server→client, stream opens/s {bench_ratio('handshakes')}, RSS per idle stream "
+            f"{bench_ratio('rss_9000')} at 9k streams and {bench_ratio('rss_parked')} per "
+            "stream parked before STARTTLS") in bullet, bullet
+    page = " ".join(BENCH_PAGE.read_text(encoding="utf-8").split())
+    assert f"## Latest round: {stamp}Z" in page
+    rss = " / ".join(bench_ratio(f"rss_{n}") for n in (1000, 4000, 9000))
+    for quoted in (
+        (f"bulk {bench_ratio('bulk_up')} client→server and {bench_ratio('bulk_down')} "
+        "server→client"),
+        (f"stream opens/s {bench_ratio('handshakes')} and {bench_ratio('handshakes_per_cpu')} "
+        "per proxy CPU-second"),
+        (f"(direct TLS: {bench_ratio('tls_handshakes')} and "
+        f"{bench_ratio('tls_handshakes_per_cpu')})"),
+        f"RSS per idle stream {rss} at 1k / 4k / 9k streams",
+        f"parked before STARTTLS {bench_ratio('rss_parked')}",
+        (f"added p99 per stanza {bench_ratio('free_added_p99')} (free scheduling) and "
+        f"{bench_ratio('cpu0_added_p99')} (one CPU)"),
+        f"xmppgw {data['xmppgw']['commit']}",
+    ):
+        assert quoted in page, quoted
+    head, table = (ROOT / "bench" / "results" / "latest.md").read_text().strip().split("\n\n", 1)
+    assert f"`bench/results/latest.md` ({head}):\n\n{table}" in \
+        BENCH_PAGE.read_text(encoding="utf-8"), "the page's table is not latest.md"
