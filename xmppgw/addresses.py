@@ -26,6 +26,11 @@ def client_ip(host: str) -> str:
     lower case, compressed, IPv4-mapped IPv6 unmapped. A text that is not an IP literal
     (a Unix socket peer, "?") is returned as it is, so such peers are still one client.
     An IPv6 zone (`%eth0`) is dropped: it names our interface, not the client."""
+    # Every open comes through here: four groups of ASCII digits, the kernel's text of an
+    # IPv4 peer, are either canonical already or refused by ipaddress (then kept as they
+    # are, too), so they skip the parse.
+    if host.count(".") == 3 and host.isascii() and host.replace(".", "").isdigit():
+        return host
     try:
         return str(unmapped(ipaddress.ip_address(host.partition("%")[0])))
     except ValueError:

@@ -943,7 +943,7 @@ class ClientConnection:
         # replayed to another real); reading goes on, up to MAX_CONNECT_BUFFER, so a client
         # that leaves is seen at once.
         self.buffered = sum(map(len, self.buffer))  # type: ignore[arg-type]
-        self.plan = ConnectPlan.for_farm(farm, _client_ip(self.peer[0]) if self.peer else "?")
+        self.plan = ConnectPlan.for_farm(farm, client_ip(self.peer[0]) if self.peer else "?")
         self.plan.owner = self.owner
         self.engine.sync_peers(farm)
         self._carry_out(self.plan.start(now), out, now)
@@ -1226,15 +1226,6 @@ class ClientConnection:
             "bytes_to_client": self.bytes_to_client,
             "duration": round(now - self.started, 3), "error": self.error}))
         out.append(DONE)
-
-
-def _client_ip(host: str) -> str:
-    """`addresses.client_ip` without its parse for the common case: four groups of ASCII
-    digits, which `ipaddress` either returns unchanged (the kernel's text of an IPv4 peer is
-    canonical) or refuses (then client_ip returns the text as it is, too)."""
-    if host.count(".") == 3 and host.isascii() and host.replace(".", "").isdigit():
-        return host
-    return client_ip(host)
 
 
 def clip(text: str | None, limit: int = LOG_TEXT_MAX) -> str | None:
