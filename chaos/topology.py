@@ -102,6 +102,7 @@ serverfarm = "XMPP"
 name = "XMPP"
 nat = "server"
 predictor = "leastconns"
+mass_close_streams = 10  # ctl_stop: out at its sessions' close
 slowstart = 10
 
 [[serverfarm.probe]]

@@ -351,14 +351,20 @@ class ServerfarmConfig:
     # A real that closes many of its streams at once is going away (`ejabberdctl stop`
     # closes every session, then its listener still accepts for seconds): out at once,
     # before leastconns sends it the reconnecting clients (docs/failover-and-overload.md).
-    mass_close_streams: int = _k(10, unit="streams", ios="none", doc=(
+    # Off by default (as HAProxy's `observe layer4`): telling a shutdown from many clients
+    # logging out at once rests on timing alone, since the streams are opaque (TLS).
+    mass_close_streams: int = _k(0, unit="streams", shown="0 (off; 10 is a good start)",
+                                 ios="none", doc=(
         "A real that closes at least this many established streams from its side (its FIN "
         "or RST reaches the gateway before the client's) within `mass_close_window`, and at "
         "least `mass_close_share` of the streams it held, is marked FAILED at once for its "
         "`retry` (event `real_mass_close`), never the last available real. Counted per "
-        "worker. Closes by clients never count, nor a close within 1 s of client bytes the "
-        "real had not prompted (the real answering a logout's `</stream:stream>`), nor the "
-        "close of a stream younger than 2 s (a login refused or ended). `0` turns it off."))
+        "worker. Closes by clients never count, nor a close whose last bytes from the real "
+        "came within 0.3 s after the client's (the real answering a logout's "
+        "`</stream:stream>`), nor one within 1 s of client bytes the real had not prompted, "
+        "nor the close of a stream younger than 2 s (a login refused or ended). `0`, the "
+        "default, turns it off: many clients logging out together after recent traffic can "
+        "still look like a shutdown, so turn it on where clients rarely leave in bursts."))
     mass_close_share: int = _k(25, unit="%", ios="none", doc=(
         "The share of the real's streams that `mass_close_streams` also asks for: of the most "
         "it held just before any close of the window (streams that reconnecting clients open "
