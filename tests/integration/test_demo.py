@@ -6,6 +6,7 @@ README promises."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -65,6 +66,9 @@ def test_demo_scenario_quick_plain(servers: Servers, capsys: pytest.CaptureFixtu
     assert leftovers(workdir) == [], "the demo left processes running"
     out = capsys.readouterr().out
     assert "demo summary: failed logins: 0" in out, out[-3000:]
+    # retries are shown, not hidden: a short login cut mid-way (kill -9) tried once more
+    assert re.search(r"^demo summary:   short logins cut once, then tried again: \d+$", out,
+                     re.MULTILINE), out[-3000:]
     assert set(servers.ejabberd.list_cluster(demo.KILLED_INDEX)) \
         == set(servers.ejabberd.node_names)
 
