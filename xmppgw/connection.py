@@ -87,9 +87,6 @@ LINGER_TIME = 2.0
 # the real had not prompted within this time before, is most likely answering the client's
 # `</stream:stream>` (a logout): not counted by the mass-close rule (`Serverfarm.closed`).
 REPLY_TIME = 1.0
-# The real's last bytes within this many seconds after the client's are its answer to them:
-# a server answers a logout's `</stream:stream>` with its own, then closes (RFC 6120 §4.4).
-ANSWER_TIME = 0.3
 # Nor does a stream younger than this (seconds since accept): a real refusing or ending a
 # stream at login (a failed authentication, a quick login-logout) is not going away.
 SETTLED_TIME = 2.0
@@ -600,24 +597,22 @@ class ClientConnection:
         return self._timed(out)
 
     def _by_real_first(self, now: float) -> None:
-        """The real's leg ended while the stream was open: did the real's side end it (the
-        mass-close rule's evidence), or was it answering the client's logout?
+        """The real's leg ended while the stream was open: the real's side closed first
+        unless the client had already sent its FIN or gone, or the client spoke first in
+        the closing exchange: bytes from the client within REPLY_TIME before this end, not
+        prompted by bytes from the real just before them, are most likely a logout's
+        `</stream:stream>` that the real answers and closes on (RFC 6120 §4.4). A server
+        going away speaks first (`<system-shutdown/>`), the client answers, the real
+        closes: that counts. Nor does a stream younger than SETTLED_TIME count.
 
-        Not the real's doing: the client had sent its FIN or gone; the stream is younger
-        than SETTLED_TIME; the real's last bytes came within ANSWER_TIME after the
-        client's (its `</stream:stream>` answering a logout's, RFC 6120 §4.4); the client
-        spoke last, unprompted, within REPLY_TIME (a logout the real closed on without a
-        word). The real's doing: the client had been quiet for REPLY_TIME; the real spoke
-        last on its own (`<system-shutdown/>`); the client spoke last answering the real
-        (its closing tag after the real's error)."""
+        Timing alone, as the streams are opaque: clients that had traffic from the real
+        just before logging out together look the same, hence the rule is off by default
+        (`mass_close_streams = 0`)."""
         if self.client_fin or self.client_gone or now - self.started < SETTLED_TIME:
             return
-        if now - self.client_at >= REPLY_TIME:
-            self.real_first = True
-        elif self.real_at >= self.client_at:
-            if self.real_at - self.client_at > ANSWER_TIME:
-                self.real_first = True
-        elif self.client_at - self.client_prior < REPLY_TIME:
+        quiet = now - self.client_at >= REPLY_TIME
+        prompted = self.client_at - self.client_prior < REPLY_TIME
+        if quiet or prompted:
             self.real_first = True
 
     def handed_to_splice(self) -> None:
@@ -645,17 +640,14 @@ class ClientConnection:
         return True
 
     def splice_ended(self, up: int, down: int, now: float, real_first: bool = False,
-                     client_at: float = 0.0, client_prior: float = 0.0,
-                     real_at: float = 0.0) -> list[Command]:
+                     client_at: float = 0.0, client_prior: float = 0.0) -> list[Command]:
         """The zero-copy relay ended having moved `up` bytes client→real, `down` back;
         `real_first`: the real's socket ended first (EOF or error), not the client's and
         not a close by the gateway; `client_at`: when the relay last read client bytes
-        (loop time, 0 if none), `client_prior`: when it had last read the real's before;
-        `real_at`: when it last read the real's."""
+        (loop time, 0 if none), `client_prior`: when it had last read the real's before."""
         out: list[Command] = []
         if client_at > self.client_at:
             self.client_at, self.client_prior = client_at, client_prior
-        self.real_at = max(self.real_at, real_at)
         if real_first and self.phase not in _ENDED:
             self._by_real_first(now)
         self.bytes_from_client += up

@@ -359,10 +359,9 @@ class ServerfarmConfig:
         "or RST reaches the gateway before the client's) within `mass_close_window`, and at "
         "least `mass_close_share` of the streams it held, is marked FAILED at once for its "
         "`retry` (event `real_mass_close`), never the last available real. Counted per "
-        "worker. Closes by clients never count, nor a close whose last bytes from the real "
-        "came within 0.3 s after the client's (the real answering a logout's "
-        "`</stream:stream>`), nor one within 1 s of client bytes the real had not prompted, "
-        "nor the close of a stream younger than 2 s (a login refused or ended). `0`, the "
+        "worker. Closes by clients never count, nor a close within 1 s of client bytes the "
+        "real had not prompted (the real answering a logout's `</stream:stream>`), nor the "
+        "close of a stream younger than 2 s (a login refused or ended). `0`, the "
         "default, turns it off: many clients logging out together after recent traffic can "
         "still look like a shutdown, so turn it on where clients rarely leave in bursts."))
     mass_close_share: int = _k(25, unit="%", ios="none", doc=(

@@ -381,7 +381,7 @@ class ClientSession(asyncio.Protocol):
     def _splice_ended(self, relay: SpliceRelay) -> None:
         self.run(self.conn.splice_ended(relay.up.moved, relay.down.moved, self.loop.time(),
                                         bool(relay.real_first), relay.up.last,
-                                        relay.up.prior, relay.down.last))
+                                        relay.up.prior))
 
 
 class UpstreamLeg(asyncio.Protocol):
