@@ -108,3 +108,18 @@ def test_the_bench_figures_quoted_are_the_latest_rounds() -> None:
     head, table = (ROOT / "bench" / "results" / "latest.md").read_text().strip().split("\n\n", 1)
     assert f"`bench/results/latest.md` ({head}):\n\n{table}" in \
         BENCH_PAGE.read_text(encoding="utf-8"), "the page's table is not latest.md"
+
+
+def test_the_chaos_figures_quoted_are_the_latest_full_runs() -> None:
+    """The README's chaos line quotes the newest full run in chaos/results/: its date, its
+    population, and the blackhole rows (through the gateway; SRV only, no gateway)."""
+    newest = max((ROOT / "chaos" / "results").glob("chaos-*-full.json"))
+    data = json.loads(newest.read_text())
+    rows = {r["scenario"]: r for r in data["results"]}
+    gateway, srv = rows["blackhole"], rows["blackhole: SRV only, no gateway"]
+    assert data["ok"] and srv["failed"] == srv["logins_tried"]
+    bullet = " ".join(next(line for line in section(readme(), "Measured").split("\n- ")
+                           if "docs/chaos.md" in line).split())
+    assert f"chaos suite ({data['date'][:16]}Z, {data['clients']} clients" in bullet, bullet
+    assert (f"{gateway['failed']} of {gateway['logins_tried']} logins through the gateway "
+            f"failed, while all {srv['logins_tried']} clients resolving SRV") in bullet, bullet
