@@ -26,7 +26,7 @@ import pytest
 from tests.harness.ejabberd import beam_pids
 from tests.harness.servers import Servers
 from tests.support.gateway import GatewayProcess
-from tests.support.storm import Storm, source_addresses
+from tests.support.storm import Storm, ensure_accounts, source_addresses
 from xmppgw.connection import SETTLED_TIME
 
 pytestmark = pytest.mark.integration
@@ -75,12 +75,7 @@ rise = 1
 
 @pytest.fixture(scope="module")
 def accounts(servers: Servers) -> list[str]:
-    wanted = [f"{USER_PREFIX}{i}" for i in range(CLIENTS)]
-    have = set(servers.ejabberd.registered_users())
-    missing = {user: servers.password for user in wanted if user not in have}
-    if missing:
-        servers.ejabberd.register_many(missing)
-    return wanted
+    return ensure_accounts(servers, USER_PREFIX, CLIENTS)
 
 
 @contextmanager

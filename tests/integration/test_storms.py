@@ -44,7 +44,7 @@ from tests.harness.ejabberd import EJABBERD_DEFAULT_BACKLOG, LISTEN_BACKLOG
 from tests.harness.servers import DEFAULT_BACKLOG_C2S_PORT, DEFAULT_BACKLOG_PORTS, Servers
 from tests.support.blackhole import blackhole, remove_stale
 from tests.support.gateway import GatewayProcess
-from tests.support.storm import Storm, source_addresses
+from tests.support.storm import Storm, ensure_accounts, source_addresses
 
 pytestmark = pytest.mark.integration
 
@@ -117,12 +117,7 @@ predictor = "leastconns"
 @pytest.fixture(scope="module")
 def accounts(servers: Servers) -> list[str]:
     """storm0..storm499, one account per client (registered once per session)."""
-    wanted = [f"{USER_PREFIX}{i}" for i in range(STORM_CLIENTS)]
-    have = set(servers.ejabberd.registered_users())
-    missing = {user: servers.password for user in wanted if user not in have}
-    if missing:
-        servers.ejabberd.register_many(missing)
-    return wanted
+    return ensure_accounts(servers, USER_PREFIX, STORM_CLIENTS)
 
 
 @contextmanager

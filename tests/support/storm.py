@@ -31,6 +31,17 @@ def source_addresses(count: int) -> list[str]:
     return [f"{SOURCE_NET}.{i}" for i in range(1, count + 1)]
 
 
+def ensure_accounts(servers: Any, prefix: str, count: int) -> list[str]:
+    """`prefix`0 .. `prefix`count-1 on the ejabberd cluster, registering only those missing
+    (once per session however many modules ask); the names, in order."""
+    wanted = [f"{prefix}{i}" for i in range(count)]
+    have = set(servers.ejabberd.registered_users())
+    missing = {user: servers.password for user in wanted if user not in have}
+    if missing:
+        servers.ejabberd.register_many(missing)
+    return wanted
+
+
 class Storm:
     """``clients`` logins as ``<user_prefix><i>@<domain>/<resource>`` (i from 0) at
     (host, port), split over ``processes`` client processes.
