@@ -11,6 +11,7 @@ import pytest
 from tests.support.configs import MINIMAL, refused
 from xmppgw import config
 from xmppgw.config import Address, ConfigError, parse_address
+from xmppgw.config.locator import Locator
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "tests" / "data" / "seed-config.toml"  # the seed article's config, as written
@@ -55,6 +56,46 @@ def test_unknown_key_names_file_line_and_path() -> None:
     [problem] = refused(text)
     assert problem.startswith("test.toml:14: serverfarm[0].real[0].wieght: unknown key")
     assert "weight" in problem  # the known keys are listed
+
+
+INLINE_REALS = MINIMAL.replace('[[serverfarm.real]]\naddress = "127.0.0.2"\n', """\
+real = [
+  {address = "127.0.0.2"},
+  {address = "127.0.0.3", wieght = 3},
+  { address = "127.0.0.4", weight = 0 },
+]
+""")
+
+
+def test_bad_key_in_an_inline_real_names_that_reals_line() -> None:
+    """Reals written as an array of inline tables: each problem names the line of its own
+    real (and key), not the line of `real = [`."""
+    lines = INLINE_REALS.splitlines()
+    second = 1 + next(i for i, line in enumerate(lines) if "wieght" in line)
+    weight = 1 + next(i for i, line in enumerate(lines) if "weight = 0" in line)
+    assert lines[12 - 1] == "real = ["  # the array opens on line 12, the reals follow it
+    problems = refused(INLINE_REALS)
+    assert problems[0].startswith(f"test.toml:{second}: serverfarm[0].real[1].wieght: unknown key")
+    assert problems[1] == f"test.toml:{weight}: serverfarm[0].real[2].weight: must be at least 1"
+    assert (second, weight) == (14, 15)
+
+
+def test_inline_real_and_array_element_lines() -> None:
+    """The locator finds an inline table's own line, an array element's, and is not fooled by
+    a header-like line inside a multi-line string."""
+    text = (
+        'notes = """\n[[serverfarm]]\nname = 1\n"""\n'    # lines 1-4
+        "[[serverfarm]]\n"                                # line 5
+        'real = [ {address = "a"},\n'                      # line 6
+        '  {address = "b", probe = {type = "tcp"}} ]\n'    # line 7
+    )
+    locate = Locator(text).line_of
+    assert locate(("serverfarm", 0)) == 5
+    assert locate(("serverfarm", 0, "real", 0, "address")) == 6
+    assert locate(("serverfarm", 0, "real", 1)) == 7
+    assert locate(("serverfarm", 0, "real", 1, "probe", "type")) == 7
+    assert locate(("serverfarm", 0, "real", 1, "nosuchkey")) == 7
+    assert locate(("serverfarm", 1)) is None
 
 
 def test_wrong_type() -> None:
