@@ -398,6 +398,50 @@ def test_a_takeover_that_cannot_start_leaves_the_old_gateway_as_it_was(short_dir
     assert "Traceback" not in old.log_text(), old.log_text()
 
 
+def claim_takeover(control: Path, claimed_pid: int) -> socket.socket:
+    """Step 1 by hand: the connection then holds the old gateway's takeover claim."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(10)
+    conn.connect(str(control))
+    conn.sendall(json.dumps({"command": "takeover", "pid": claimed_pid}).encode() + b"\n")
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 16)
+    for fd in fds:
+        os.close(fd)
+    assert b'"listeners"' in data and len(fds) == 1, data
+    return conn
+
+
+def test_a_held_takeover_answers_another_at_once_and_frees_itself_when_its_peer_goes(
+        short_dir: Path) -> None:
+    """A successor that claimed the listeners and neither releases nor goes: a second
+    takeover is refused at once, naming the holder's pid (the kernel's, SO_PEERCRED, not the
+    one its message claimed) and since when; once the holder's connection closes, the claim
+    is free at once (well before the 30 s release wait), and the next takeover is offered."""
+    control = short_dir / "ctl.sock"
+    old = GatewayProcess(dummy_config(control), short_dir).start()
+    try:
+        holder = claim_takeover(control, claimed_pid=1)
+        offered = old.wait_record(lambda r: True, event="takeover_offered")
+        assert (offered["new_pid"], offered["claimed_pid"]) == (os.getpid(), 1), offered
+        second = short_dir / "second.toml"
+        second.write_text(dummy_config(control))
+        result = takeover(second)
+        assert result.returncode == 1, result
+        assert f"a takeover by pid {os.getpid()} is under way since" in result.stderr, result
+        assert not old.records("takeover_aborted")  # answered while the claim was held
+        [refused] = old.records("takeover_refused")
+        assert refused["new_pid"] not in (os.getpid(), None) and "claimed_pid" not in refused
+        holder.close()
+        aborted = old.wait_record(lambda r: True, event="takeover_aborted")
+        assert "went away" in aborted["reason"], aborted
+        claim_takeover(control, claimed_pid=os.getpid()).close()  # free again
+        assert len(old.records("takeover_offered")) == 2
+        assert dummy_holders() == [old.pid]  # and the old gateway serves on
+    finally:
+        old.stop()
+    assert "Traceback" not in old.log_text(), old.log_text()
+
+
 def test_a_gateway_with_workers_refuses_to_be_taken_over(short_dir: Path) -> None:
     control = short_dir / "ctl.sock"
     old = GatewayProcess(dummy_config(control, workers=2), short_dir).start()

@@ -1,8 +1,13 @@
 """`xmppgw run --takeover`, the pure part (xmppgw/net/handover.py): the handover message
 read back as it was written, the listening sockets matched to the new config's vservers, and
-each real's health carried into a new engine without a real looking healthy that was not."""
+each real's health carried into a new engine without a real looking healthy that was not;
+and from xmppgw/net/takeover.py, the peer's pid as the kernel gives it and what a second
+takeover is told while one is under way."""
 
 from __future__ import annotations
+
+import os
+import socket
 
 import pytest
 
@@ -17,6 +22,7 @@ from xmppgw.net.handover import (
     plan_sockets,
     restore_health,
 )
+from xmppgw.net.takeover import Claim, peer_pid, pid_fields
 from xmppgw.slb.farm import RealState, Serverfarm
 
 CONFIG = """
@@ -128,3 +134,34 @@ def test_reals_gone_from_the_new_config_are_skipped() -> None:
               RealHealth("OTHER", "10.0.0.1", retry_left=5.0))
     assert restore_health({"F": new}, health, 0.0) == []
     assert all(new.state(r, 0.0) is RealState.OPERATIONAL for r in new.reals)
+
+
+# --- who is on the other end, and the claim (xmppgw/net/takeover.py) -------------------------
+
+
+def test_the_peer_pid_is_the_kernels_word() -> None:
+    """SO_PEERCRED on a real AF_UNIX connection names the process at the other end: here
+    this one, whatever pid a message claims."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert peer_pid(a) == peer_pid(b) == os.getpid()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        assert peer_pid(tcp) is None  # no credentials: None, never an exception
+
+
+def test_a_claimed_pid_other_than_the_kernels_is_logged_beside_it() -> None:
+    assert pid_fields("new", 4711, 4711) == {"new_pid": 4711}
+    assert pid_fields("new", 4711, 1) == {"new_pid": 4711, "claimed_pid": 1}
+    assert pid_fields("new", 4711, None) == {"new_pid": 4711, "claimed_pid": None}
+    assert pid_fields("old", None, 42) == {"old_pid": 42}  # no word from the kernel
+
+
+def test_a_second_takeover_is_told_who_holds_the_claim_and_until_when() -> None:
+    since = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    claim = Claim(pid=4711, since=since, expires=since + 30)
+    text = claim.refusal(released=False, now=since + 12.4)
+    assert text.startswith("a takeover by pid 4711 is under way since 2027-01-15T08:00:00Z "
+                           "(12 s ago)"), text
+    assert "given up at 2027-01-15T08:00:30Z" in text and "connection ends" in text
+    after = claim.refusal(released=True, now=since + 40)
+    assert "taken over by pid 4711" in after and "under way" not in after

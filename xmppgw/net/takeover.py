@@ -25,6 +25,13 @@ line, as every control command):
 
 If the new process fails before step 3 it simply exits (its copies of the sockets close),
 and the old process, seeing the connection end without a release, carries on as before.
+
+One takeover at a time: from step 1 the connection holds a claim on the old process, freed
+the moment that connection ends (or at RELEASE_WAIT without a release). Another takeover
+meanwhile is refused at once, naming the claim's pid and since when it is held. Each side
+names the other by the pid the kernel gives for the control connection (SO_PEERCRED,
+unix(7)), not by the pid written in the message; a message naming another pid (a process in
+another pid namespace, or one lying) is logged beside it as `claimed_pid`.
 """
 
 from __future__ import annotations
@@ -34,9 +41,13 @@ import errno
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from xmppgw import notify
@@ -64,6 +75,55 @@ class TakeoverError(OSError):
         super().__init__(errno.EPROTO, message)
 
 
+# --- who is on the other end ------------------------------------------------------------------
+
+
+def peer_pid(sock: socket.socket) -> int | None:
+    """The pid the kernel gives for the peer of a connected AF_UNIX socket (SO_PEERCRED,
+    unix(7): the process that connected, or for a client the one that called listen(2)),
+    in our pid namespace; None if it gives none (0: the peer is in a namespace we cannot
+    see)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid = struct.unpack("3i", creds)[0]
+    return pid if pid > 0 else None
+
+
+def pid_fields(role: str, kernel: int | None, claimed: Any) -> dict[str, Any]:
+    """Log fields naming a peer: `<role>_pid` is the kernel's word (the claim when the kernel
+    gives none), and `claimed_pid` is added when the message said something else."""
+    fields: dict[str, Any] = {f"{role}_pid": kernel if kernel is not None else claimed}
+    if kernel is not None and claimed != kernel:
+        fields["claimed_pid"] = claimed
+    return fields
+
+
+def _utc(unix: float) -> str:
+    return datetime.fromtimestamp(unix, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A takeover under way on this (old) process: `pid` the successor's (the kernel's word,
+    else its claim), `since` and `expires` wall-clock seconds (Unix time)."""
+
+    pid: Any
+    since: float
+    expires: float
+
+    def refusal(self, released: bool, now: float) -> str:
+        """What a second takeover is told, at once."""
+        if released:
+            return (f"this gateway was taken over by pid {self.pid} (claimed at "
+                    f"{_utc(self.since)}): it only lets its streams end now")
+        return (f"a takeover by pid {self.pid} is under way since {_utc(self.since)} "
+                f"({max(0.0, now - self.since):.0f} s ago); it is given up at "
+                f"{_utc(self.expires)} unless that process releases this one first, or at "
+                "once if its connection ends")
+
+
 # --- the old process ---------------------------------------------------------------------------
 
 
@@ -76,37 +136,40 @@ class Releaser:
     def __init__(self, gateway: Gateway, done: Callable[[], None]) -> None:
         self.gateway = gateway
         self.done = done
-        self.busy = False
+        self.claim: Claim | None = None  # held from the offer until release or abort
         self.released = False
         self._task: asyncio.Task[None] | None = None
 
     async def converse(self, request: dict[str, Any], reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
         gw = self.gateway
+        peer = pid_fields("new", peer_pid(writer.get_extra_info("socket")), request.get("pid"))
         refusal = self._refusal()
         if refusal is not None:
-            gw.log.warning("takeover_refused", reason=refusal)
+            gw.log.warning("takeover_refused", reason=refusal, **peer)
             writer.write(json.dumps({"ok": False, "error": refusal}).encode() + b"\n")
             await writer.drain()
             return
-        self.busy = True
+        now = time.time()
+        self.claim = Claim(peer["new_pid"], now, now + RELEASE_WAIT)
         try:
-            await self._hand_over(request, reader, writer)
+            await self._hand_over(peer, reader, writer)
         finally:
-            self.busy = self.released
+            if not self.released:
+                self.claim = None  # the connection ended (or timed out): free at once
 
     def _refusal(self) -> str | None:
         gw = self.gateway
         if gw.multi:
             return (f"this gateway runs gateway.workers = {gw.config.gateway.workers}: "
                     "takeover needs workers = 1 on both sides (restart it instead)")
-        if self.busy or self.released:
-            return "a takeover is already under way"
+        if self.claim is not None:
+            return self.claim.refusal(self.released, time.time())
         if gw.stopping:
             return "this gateway is stopping"
         return None
 
-    async def _hand_over(self, request: dict[str, Any], reader: asyncio.StreamReader,
+    async def _hand_over(self, peer: dict[str, Any], reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         gw = self.gateway
         loop = asyncio.get_running_loop()
@@ -125,24 +188,25 @@ class Releaser:
                            if (held := gw.admin.vserver(row)) is not None},
             health=farm_health(gw.farms.values(), loop.time()))
         await _send_with_fds(writer, message.encode(), [s.fileno() for _, s in listening])
-        gw.log.warning("takeover_offered", new_pid=request.get("pid"),
-                       sockets=[n for n, _ in listening])
+        gw.log.warning("takeover_offered", sockets=[n for n, _ in listening], **peer)
+        reason = "the new process went away before the release"
         try:
             line = await asyncio.wait_for(reader.readline(), RELEASE_WAIT)
             step = json.loads(line) if line else None
-        except (TimeoutError, ValueError, ConnectionError):
+        except TimeoutError:
+            step, reason = None, f"no release within {RELEASE_WAIT:g} s"
+        except (ValueError, ConnectionError):
             step = None
         if not isinstance(step, dict) or step.get("command") != "release":
-            gw.log.warning("takeover_aborted", new_pid=request.get("pid"),
-                           reason="the new process went away before the release")
+            gw.log.warning("takeover_aborted", reason=reason, **peer)
             return
         drain = float(step.get("drain", DEFAULT_DRAIN))
-        await self._release(request.get("pid"), drain)
+        await self._release(peer, drain)
         writer.write(json.dumps({"ok": True, "data": {
             "pid": os.getpid(), "sessions": len(gw.sessions), "drain": drain}}).encode() + b"\n")
         await writer.drain()
 
-    async def _release(self, new_pid: Any, drain: float) -> None:
+    async def _release(self, peer: dict[str, Any], drain: float) -> None:
         """Stop accepting and hand over the side listeners; the streams go on."""
         gw = self.gateway
         self.released = True
@@ -154,8 +218,7 @@ class Releaser:
         if gw.control is not None:
             gw.control.close()  # the path is the new process's now: not unlinked
         await gw.stop_side()
-        gw.log.warning("takeover_released", new_pid=new_pid, sessions=len(gw.sessions),
-                       drain=drain)
+        gw.log.warning("takeover_released", sessions=len(gw.sessions), drain=drain, **peer)
         self._task = asyncio.get_running_loop().create_task(self._wind_down(drain))
 
     async def _wind_down(self, drain: float) -> None:
@@ -272,7 +335,8 @@ async def _adopt(config: Config, log: Any, conn: socket.socket) -> Gateway:
             health = gateway.health.schedule.real(farm, real)
             for probe in health.probes if health is not None else ():
                 probe.up, probe.streak = False, 0
-    log.warning("takeover_adopted", old_pid=handover.pid, adopted=sorted(plan.adopt),
+    log.warning("takeover_adopted", **pid_fields("old", peer_pid(conn), handover.pid),
+                adopted=sorted(plan.adopt),
                 bound=list(plan.bind), closed=[handover.listeners[i][0] for i in plan.close],
                 carried_admin=len(handover.real_admin) + len(handover.vserver_admin),
                 carried_health=len(handover.health))
