@@ -2,8 +2,11 @@
 
     python3 bench/bench.py [--rounds 3] [--workers 1]     the figures (bash bench/run.sh)
     python3 bench/bench.py --only rss|parked|opens         one figure, printed (a busy machine)
+    python3 bench/bench.py --only scaling [--proxies xmppgw]  1 and 2 workers under CPU quotas
     python3 bench/bench.py profile [--seconds 10]          handshake profile (bench/profile.sh)
     python3 bench/bench.py profile --cprofile --label X    cProfile call counts, results/profiles/
+    python3 bench/bench.py profile --syscalls [--seconds 4] [--rounds 3]   CPU and syscalls per
+                                                           open, HAProxy and xmppgw (strace -c)
 
 HAProxy runs twice: with its defaults and at its best (splice-auto, tuned buffers); each
 ratio is xmppgw over the better of the two. BENCH_XMPPGW_SRC=DIR measures the xmppgw package
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import quota
 from common import (
     BACKEND_HOST,
     HAPROXY_BEST_HOST,
@@ -67,6 +71,10 @@ HAPROXY_BEST_MAXCONN = 6000
 # (`option splice-auto`), 64 KiB buffers instead of 16 KiB, 256 KiB pipes.
 HAPROXY_BEST_TUNING = ("    tune.bufsize 65536", "    tune.pipesize 262144")
 PARKED_STREAMS = 3000  # streams held before STARTTLS for the parked-RSS figure
+# Workers scaling under a CPU quota (bench/quota.py): each worker or thread of the proxy gets
+# this much of a core, the load clients and the backend the rest of the 2 vCPUs.
+QUOTA_CORES = 0.25  # small enough that HAProxy, at ~14k opens per CPU-second, is held by it
+QUOTA_MODES = ("free", "shared", "split")  # no quota; n x unit for the whole proxy; unit each
 QUIET_PCT = 10  # background CPU use (% of all CPUs) above which a run is flagged
 
 
@@ -375,6 +383,59 @@ def measure_handshakes(target: Target, seconds: float = HANDSHAKE_SECONDS,
         out.update(cpu_pct=100 * (user + system) / seconds, user_pct=100 * user / seconds,
                    sys_pct=100 * system / seconds, per_cpu_second=ok / max(user + system, 1e-9))
     return out
+
+
+@contextlib.contextmanager
+def under_quota(pid: int, workers: int, mode: str,
+                cores: float = QUOTA_CORES) -> Iterator[list[quota.Group]]:
+    """The proxy `pid` (all its processes and threads) under a CPU quota for the block, then
+    back in our own cgroup, the groups removed. `mode` "shared": one group, `workers` x
+    `cores`; "split": one group of `cores` per worker (xmppgw's worker processes, the master
+    with the first; HAProxy's threads); "free": no quota (no group)."""
+    if mode == "free":
+        yield []
+        return
+    count = workers if mode == "split" else 1
+    with quota.groups(count) as groups:
+        for g in groups:
+            g.limit(cores if mode == "split" else cores * workers)
+        procs = tree(pid)
+        if count == 1:
+            for p in procs:
+                groups[0].add_process(p)
+        else:
+            ids, threads = quota.units(pid, [p for p in procs if p != pid])
+            if not threads:
+                groups[0].add_process(pid)  # the master: idle, beside worker 0
+            for g, part in zip(groups, quota.assign(count, ids)):
+                for i in part:
+                    (g.add_thread if threads else g.add_process)(i)
+        yield groups
+
+
+def measure_quota(target: Target, workers: int, mode: str, cores: float = QUOTA_CORES) -> dict:
+    """`measure_handshakes` with the proxy under_quota; adds how often the quota bit (periods
+    throttled, summed over the groups) and the share of the budget used (near 100%: the
+    quota held the proxy; well under: the load generator did, and the row says little)."""
+    with under_quota(target.proc.pid, workers, mode, cores) as groups:
+        before = [g.throttled() for g in groups]
+        hs = measure_handshakes(target)
+        after = [g.throttled() for g in groups]
+    if mode != "free":
+        hs["throttled_periods"] = sum(a[0] - b[0] for a, b in zip(after, before))
+        hs["budget_used_pct"] = hs["cpu_pct"] / (cores * workers)
+    return hs
+
+
+def quota_note() -> str:
+    """Which quota method this machine gives, or why there is none."""
+    try:
+        version, base = quota.hierarchy()
+    except OSError as exc:
+        return f"no CPU quota possible: {exc}"
+    what = "cpu.max" if version == "v2" else "cpu.cfs_quota_us/cpu.cfs_period_us"
+    return (f"cgroup {version} cpu controller ({what}, {quota.PERIOD_US // 1000} ms period) "
+            f"under {base}")
 
 
 def measure_latency(setup: Setup, targets: list[Target], one_cpu: bool) -> dict[str, dict]:
@@ -726,6 +787,73 @@ def main_only_opens(args: argparse.Namespace, workdir: Path) -> int:
     return 0
 
 
+def main_only_scaling(args: argparse.Namespace, workdir: Path) -> int:
+    """`--only scaling`: stream opens/s with 1 and 2 workers (HAProxy: nbthread 1 and 2),
+    with no quota, under one shared quota (2 x QUOTA_CORES for two) and with each worker its
+    own QUOTA_CORES; `rounds` rounds, the targets in a rotating order each time. Printed, with
+    the median per row and of the per-round ratios 2/1 (no results files written)."""
+    kinds = args.proxies.split(",")
+    note = quota_note()
+    log(note)
+    modes = QUOTA_MODES if not note.startswith("no CPU quota") else ("free",)
+    rows: dict[str, list[dict]] = {}
+    quiet: list[float] = []
+    with contextlib.ExitStack() as stack:
+        base = Setup(workdir, 1, True, stack)
+        base.backends(bulk=False)
+        targets: list[tuple[str, int, Target]] = []
+        for workers, (hosts) in ((1, (HAPROXY_HOST, XMPPGW_HOST)),
+                                 (2, (TWO_HAPROXY_HOST, TWO_XMPPGW_HOST))):
+            setup = Setup(workdir, workers, True, stack)
+            if "haproxy" in kinds:
+                targets.append(("haproxy", workers, Target(
+                    "haproxy", hosts[0], setup.haproxy(hosts[0], ["xmpp"]))))
+            if "xmppgw" in kinds:
+                targets.append(("xmppgw", workers, Target(
+                    "xmppgw", hosts[1], setup.xmppgw(hosts[1], ["xmpp"]))))
+        run_json(["latency", "200", *(t.addr("xmpp") for _, _, t in targets)])  # warm
+        for r in range(args.rounds):
+            quiet.append(background_busy())
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
+            log(f"round {r + 1}/{args.rounds} (background CPU use {quiet[-1]:.0f}%)")
+            for mode in modes:
+                for kind, workers, t in order:
+                    hs = measure_quota(t, workers, mode, args.quota_cores)
+                    rows.setdefault(f"{kind} {workers} {mode}", []).append(hs)
+                    log(f"    {kind:<8} {workers} {mode:<6} {hs['rate']:8,.0f} opens/s, "
+                        f"CPU {hs['cpu_pct']:4.0f}% ({hs['per_cpu_second']:,.0f}/CPU-s)"
+                        + (f", budget used {hs['budget_used_pct']:.0f}%, throttled "
+                           f"{hs['throttled_periods']} periods" if mode != "free" else ""))
+    out: dict[str, Any] = {"quota": note, "quota_cores_per_worker": args.quota_cores,
+                           "rounds": args.rounds, "background_cpu_pct": quiet,
+                           "xmppgw": source_version(), "rows": {}}
+    for key, runs in rows.items():
+        out["rows"][key] = {
+            "rate": [round(h["rate"]) for h in runs],
+            "per_cpu_second": [round(h["per_cpu_second"]) for h in runs],
+            "cpu_pct": [round(h["cpu_pct"]) for h in runs],
+            **({"budget_used_pct": [round(h["budget_used_pct"]) for h in runs],
+                "throttled_periods": [h["throttled_periods"] for h in runs]}
+               if "budget_used_pct" in runs[0] else {})}
+    print(f"# {note}; {args.quota_cores} core per worker; median of {args.rounds} rounds; "
+          f"background CPU use before the rounds {', '.join(f'{q:.0f}%' for q in quiet)}")
+    for kind in kinds:
+        for mode in modes:
+            one, two = rows.get(f"{kind} 1 {mode}"), rows.get(f"{kind} 2 {mode}")
+            if not one or not two:
+                continue
+            ratios = [b["rate"] / a["rate"] for a, b in zip(one, two)]
+            out.setdefault("scaling", {})[f"{kind} {mode}"] = [round(x, 3) for x in ratios]
+            print(f"{kind:<8} {mode:<6} 1: {statistics.median(h['rate'] for h in one):7,.0f} "
+                  f"opens/s ({statistics.median(h['per_cpu_second'] for h in one):6,.0f}/CPU-s)"
+                  f"  2: {statistics.median(h['rate'] for h in two):7,.0f} opens/s "
+                  f"({statistics.median(h['per_cpu_second'] for h in two):6,.0f}/CPU-s)  "
+                  f"2 over 1: x{statistics.median(ratios):.2f} "
+                  f"(rounds {', '.join(f'{x:.2f}' for x in ratios)})")
+    print(json.dumps(out))
+    return 0
+
+
 def main_bench(args: argparse.Namespace, workdir: Path) -> int:
     if args.only == "rss":
         return main_only_rss(args, workdir)
@@ -733,6 +861,8 @@ def main_bench(args: argparse.Namespace, workdir: Path) -> int:
         return main_only_parked(args, workdir)
     if args.only == "opens":
         return main_only_opens(args, workdir)
+    if args.only == "scaling":
+        return main_only_scaling(args, workdir)
     RESULTS.mkdir(exist_ok=True)
     accepted, message = workers_accepted(workdir, args.workers)
     workers = args.workers if accepted else 1
@@ -800,6 +930,153 @@ PYSPY_PASSES = [  # title, extra py-spy flags
 ]
 
 
+def strace_counts(path: Path) -> dict[str, tuple[int, int]]:
+    """`strace -c` summary -> {syscall: (calls, errors)}."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(parts) in (5, 6) and parts[0][0].isdigit() and parts[-1] != "total":
+            errors = int(parts[4]) if len(parts) == 6 else 0
+            out[parts[-1]] = (int(parts[3]), errors)
+    return out
+
+
+def measure_syscalls(target: Target, workdir: Path, seconds: float) -> dict:
+    """The stream-open load once untraced (the CPU split: strace slows what it traces) and
+    once under `strace -c -f` (system calls by name). Per open: divided by the opens the
+    clients counted in the window, and, as a check, by the connections the proxy accepted
+    while traced (accept calls that succeeded: attaching takes a moment)."""
+    free = measure_handshakes(target, seconds)
+    opens = free["rate"] * seconds
+    summary = workdir / f"strace-{target.name}.txt"
+    tracer: list[subprocess.Popen] = []
+
+    def attach() -> None:
+        pids = tree(target.proc.pid)  # xmppgw with workers: every process
+        tracer.append(subprocess.Popen(
+            ["strace", "-c", "-f", "-o", str(summary), *(f"-p{p}" for p in pids)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+
+    try:
+        traced = measure_handshakes(target, seconds, attach)
+    finally:
+        for p in tracer:
+            p.send_signal(signal.SIGINT)  # detach and write the summary
+            _, err = p.communicate(timeout=30)
+            if p.returncode not in (0, -signal.SIGINT, 130) and not summary.exists():
+                raise RuntimeError(f"strace failed: {err[-500:]}")
+    counts = strace_counts(summary)
+    accepted = sum(calls - errors for name, (calls, errors) in counts.items()
+                   if name in ("accept", "accept4"))
+    traced_opens = traced["rate"] * seconds
+    return {"rate": free["rate"], "user_us": 1e6 * free["user_pct"] / 100 / free["rate"],
+            "sys_us": 1e6 * free["sys_pct"] / 100 / free["rate"], "opens_untraced": opens,
+            "traced_rate": traced["rate"], "traced_opens": traced_opens, "accepted": accepted,
+            "calls": {name: calls for name, (calls, _) in counts.items()},
+            "errors": {name: errors for name, (_, errors) in counts.items() if errors}}
+
+
+def main_syscalls(args: argparse.Namespace, workdir: Path) -> int:
+    """`profile --syscalls`: HAProxy (defaults, nbthread 1) and xmppgw (1 worker) under the
+    same stream-open load: user and kernel CPU µs per open (untraced) and system calls per
+    open by name (traced). Writes results/profiles/syscalls-per-open.txt."""
+    if shutil.which("strace") is None:
+        raise SystemExit("strace is not installed (apt-get install strace)")
+    seconds, rounds = args.seconds, args.rounds
+    runs: dict[str, list[dict]] = {"haproxy": [], "xmppgw": []}
+    quiet: list[float] = []
+    with contextlib.ExitStack() as stack:
+        setup = Setup(workdir, 1, False, stack)
+        setup.backends(bulk=False)
+        targets = [Target("haproxy", HAPROXY_HOST, setup.haproxy(HAPROXY_HOST, ["xmpp"])),
+                   Target("xmppgw", XMPPGW_HOST, setup.xmppgw(XMPPGW_HOST, ["xmpp"]))]
+        run_json(["latency", "200", *(t.addr("xmpp") for t in targets)])  # warm
+        for r in range(rounds):
+            quiet.append(background_busy())
+            for t in targets if r % 2 == 0 else targets[::-1]:
+                out = measure_syscalls(t, workdir, seconds)
+                runs[t.name].append(out)
+                log(f"round {r + 1}/{rounds} {t.name}: {out['rate']:,.0f} opens/s untraced, "
+                    f"{out['user_us']:.0f} µs user + {out['sys_us']:.0f} µs kernel per open; "
+                    f"traced {out['traced_rate']:,.0f} opens/s, "
+                    f"{sum(out['calls'].values()) / max(out['accepted'], 1):.1f} syscalls "
+                    f"per accepted connection")
+    text = syscalls_text(runs, quiet, seconds)
+    (RESULTS / "profiles").mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "profiles" / "syscalls-per-open.txt"
+    path.write_text(text)
+    print(text)
+    left = leftovers(workdir)
+    print(f"leftover processes: {left or 'none'}\nprofile: {path}")
+    return 0 if not left else 1
+
+
+def syscalls_text(runs: dict[str, list[dict]], quiet: list[float], seconds: float) -> str:
+    """The report: CPU split per open (median over rounds), then system calls per open by
+    name (all traced rounds pooled, per accepted connection), HAProxy beside xmppgw."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    version, m = source_version(), machine()
+    med = {k: {f: statistics.median(r[f] for r in rs) for f in ("rate", "user_us", "sys_us")}
+           for k, rs in runs.items()}
+    per_open: dict[str, dict[str, float]] = {}
+    for kind, rs in runs.items():
+        accepted = sum(r["accepted"] for r in rs) or 1
+        names = {n for r in rs for n in r["calls"]}
+        per_open[kind] = {n: sum(r["calls"].get(n, 0) for r in rs) / accepted for n in names}
+    names = sorted(set(per_open["haproxy"]) | set(per_open["xmppgw"]),
+                   key=lambda n: -(per_open["xmppgw"].get(n, 0) + per_open["haproxy"].get(n, 0)))
+    lines = [
+        (f"# System calls and CPU per stream open: HAProxy (defaults, nbthread 1) and xmppgw "
+        f"{version['commit']}{' (modified)' if version['modified'] else ''} (1 worker), {now}"),
+        (f"# {m['nproc']} x {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
+        f"uvloop {m['uvloop']}, {' '.join((m['haproxy'] or '?').split()[:3])}"),
+        (f"# load: bench.py's stream-open load ({HANDSHAKE_CLIENTS} clients over "
+        f"{HANDSHAKE_PROCS} processes: connect, header, the real's header and features, "
+        f"close), {seconds:g} s windows, {len(runs['xmppgw'])} rounds per proxy, "
+        f"alternating; background CPU use before the rounds: "
+        f"{', '.join(f'{q:.0f}%' for q in quiet)}"),
+        ("# CPU: /proc/PID/stat utime and stime over an untraced window (strace slows the "
+        "traced process), divided by the opens the clients counted."),
+        ("# System calls: `strace -c -f -p PID` over a second window, divided by the "
+        "connections the proxy accepted while traced (successful accept/accept4 calls)."),
+        "# regenerate: python3 bench/bench.py profile --syscalls [--rounds 3] [--seconds 4]",
+        "",
+        "## CPU per open, untraced (median over rounds)",
+        "",
+        f"{'':<10}{'opens/s':>10}{'user µs':>10}{'kernel µs':>11}{'total µs':>10}",
+    ]
+    for kind in ("haproxy", "xmppgw"):
+        x = med[kind]
+        lines.append(f"{kind:<10}{x['rate']:>10,.0f}{x['user_us']:>10.1f}{x['sys_us']:>11.1f}"
+                     f"{x['user_us'] + x['sys_us']:>10.1f}")
+    lines += ["", "## rounds", ""]
+    for kind, rs in runs.items():
+        for r in rs:
+            lines.append(
+                f"{kind:<8} untraced {r['rate']:7,.0f} opens/s, {r['user_us']:6.1f} µs user "
+                f"{r['sys_us']:6.1f} µs kernel; traced {r['traced_rate']:7,.0f} opens/s, "
+                f"{r['traced_opens']:7,.0f} opens counted, {r['accepted']:7,} accepted")
+    total = {k: sum(v.values()) for k, v in per_open.items()}
+    lines += ["", "## system calls per open (per accepted connection, traced rounds pooled)",
+              "", f"{'syscall':<18}{'HAProxy':>9}{'xmppgw':>9}{'xmppgw - HAProxy':>18}"]
+    for n in names:
+        h, x = per_open["haproxy"].get(n, 0.0), per_open["xmppgw"].get(n, 0.0)
+        if h >= 0.005 or x >= 0.005:
+            lines.append(f"{n:<18}{h:>9.2f}{x:>9.2f}{x - h:>+18.2f}")
+    lines.append(f"{'total':<18}{total['haproxy']:>9.2f}{total['xmppgw']:>9.2f}"
+                 f"{total['xmppgw'] - total['haproxy']:>+18.2f}")
+    errs = {k: {n: sum(r["errors"].get(n, 0) for r in rs) /
+                (sum(r["accepted"] for r in rs) or 1)
+                for n in {n for r in rs for n in r["errors"]}} for k, rs in runs.items()}
+    lines += ["", "## of which failed (EAGAIN and the like), per open", ""]
+    for kind, e in errs.items():
+        lines.append(f"{kind:<8} " + (", ".join(f"{n} {v:.2f}" for n, v in
+                                                sorted(e.items(), key=lambda kv: -kv[1])
+                                                if v >= 0.005) or "none"))
+    return "\n".join(lines) + "\n"
+
+
 def main_profile(args: argparse.Namespace, workdir: Path) -> int:
     """The stream-open load against xmppgw under py-spy, once for the Python frames and once
     with native frames; cProfile if py-spy cannot attach or with `--cprofile` (deterministic
@@ -808,6 +1085,8 @@ def main_profile(args: argparse.Namespace, workdir: Path) -> int:
     out = RESULTS / "profile-handshake.txt"
     seconds = args.seconds
     sections = []
+    if args.syscalls:
+        return main_syscalls(args, workdir)
     if args.cprofile:
         (RESULTS / "profiles").mkdir(exist_ok=True)
         out = RESULTS / "profiles" / f"handshake-cprofile-{args.label}.txt"
@@ -954,10 +1233,18 @@ def main() -> int:
     parser.add_argument("--cprofile", action="store_true",
                         help="profile: cProfile instead of py-spy (call counts)")
     parser.add_argument("--label", default="latest", help="profile --cprofile: file name part")
-    parser.add_argument("--only", choices=["rss", "parked", "opens"],
+    parser.add_argument("--syscalls", action="store_true",
+                        help="profile: CPU µs and system calls per open, HAProxy and xmppgw "
+                             "(results/profiles/syscalls-per-open.txt)")
+    parser.add_argument("--quota-cores", type=float, default=QUOTA_CORES,
+                        help="--only scaling: CPU quota per worker, in cores")
+    parser.add_argument("--proxies", default="haproxy,xmppgw",
+                        help="--only scaling: which proxies (comma-separated)")
+    parser.add_argument("--only", choices=["rss", "parked", "opens", "scaling"],
                         help="bench: only this figure, for xmppgw (rss: RSS per idle stream; "
                              "parked: RSS per stream parked before STARTTLS, HAProxy too; "
-                             "opens: stream opens per xmppgw CPU-second)")
+                             "opens: stream opens per xmppgw CPU-second; scaling: opens/s "
+                             "with 1 and 2 workers, free and under CPU quotas)")
     args = parser.parse_args()
     # a TERM (or ^C) unwinds through every finally: no process is left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
