@@ -32,7 +32,7 @@ from xmppgw.net import reload as reloading
 from xmppgw.net.listeners import Listeners, VserverRuntime, listen_socket
 from xmppgw.net.operator import Operator
 from xmppgw.net.reload import ReloadRefused
-from xmppgw.net.shared import Row, WorkerShared, make_shared
+from xmppgw.net.shared import RowWriter, WorkerShared, make_shared
 from xmppgw.net.splice import AVAILABLE as SPLICE
 from xmppgw.net.splice import PipePool
 from xmppgw.net.view import take_snapshot
@@ -58,6 +58,7 @@ class Gateway:
         # table exists only with workers (one process needs nobody else's counts).
         own = shared or make_shared(config, 1)
         self.shared = shared.table if shared is not None else None
+        self._rows_out = RowWriter(shared.table, worker) if shared is not None else None
         self.admin, self.rows, self.slot = own.admin, own.rows, own.slot
         self.multi = shared is not None
         now = asyncio.get_running_loop().time()  # the clock the sessions feed the engine
@@ -391,16 +392,17 @@ class Gateway:
         if farm.queue and not self._wake_scheduled:
             self._wake_scheduled = True
             asyncio.get_running_loop().call_soon(self._wake_waiters)
-        if self.shared is None:
+        if self._rows_out is None:  # one process: nobody else reads our counters
             return
+        # Only rows whose counters moved since the last write reach the mapping (RowWriter);
+        # the others would be the same bytes again. Still before this callback returns, so
+        # the other workers see every change before this loop iteration ends.
+        write, index = self._rows_out.write, self.real_index
         for real in farm.reals:
-            self.shared.publish(self.worker, self.real_index[real], Row(
-                load=real.active + real.pending, pending=real.pending, active=real.active,
-                total=real.total,
-                failed_attempts=real.failed_attempts, reassigns=real.reassigns,
-                consecutive_failures=real.consecutive_failures,
-                failed_clients=len(real.failed_clients), failed_until=real.retry_at or 0.0,
-                probe_failed=float(real.probe_failed)))
+            write(index[real], (  # the fields of shared.Row, in order
+                real.active + real.pending, real.pending, real.active, real.total,
+                real.failed_attempts, real.reassigns, real.consecutive_failures,
+                len(real.failed_clients), real.retry_at or 0.0, float(real.probe_failed)))
 
     def _wake_waiters(self) -> None:
         """Hand freed slots to queued connections, oldest first (each pick takes its slot

@@ -30,6 +30,8 @@ FIELDS = ("load", "pending", "active", "total", "failed_attempts", "reassigns", 
 _WIDTH = len(FIELDS)
 _SLOT = {name: i for i, name in enumerate(FIELDS)}
 _ROW = struct.Struct(f"{_WIDTH}d")
+_FIELD = struct.Struct("d")
+_PROBE_FAILED = _SLOT["probe_failed"] * _FIELD.size  # byte offset in a row
 
 
 def _store(mem: mmap.mmap, layout: struct.Struct, offset: int, *values: Any) -> None:
@@ -82,19 +84,25 @@ class SharedTable:
         return Row(*_ROW.unpack_from(self._mem, self._offset(worker, real)))
 
     def peers(self, worker: int, real: int) -> Peers:
-        rows = [self.row(w, real) for w in range(self.workers) if w != worker]
-        return Peers(
-            load=int(sum(r.load for r in rows)),
-            consecutive_failures=int(sum(r.consecutive_failures for r in rows)),
-            failed_clients=int(sum(r.failed_clients for r in rows)),
-            failed_until=max((r.failed_until for r in rows), default=0.0),
-            pending=int(sum(r.pending for r in rows)),
-        )
+        """What every worker but `worker` holds of `real`: summed, `failed_until` the latest.
+        Called before each pick, so each row is unpacked once into plain floats (no `Row`)."""
+        load = pending = consecutive = clients = until = 0.0
+        mem, step = self._mem, self.reals * _ROW.size
+        offset = real * _ROW.size
+        for w in range(self.workers):
+            if w != worker:
+                row = _ROW.unpack_from(mem, offset + w * step)
+                load += row[0]
+                pending += row[1]
+                consecutive += row[6]
+                clients += row[7]
+                until = max(until, row[8])
+        return Peers(int(load), int(consecutive), int(clients), until, int(pending))
 
     def probe_failed(self, real: int) -> bool:
         """The probes' verdict on a real: only worker 0 runs probes (once per gateway, not
         once per worker), so its row is the one that says."""
-        return self.row(0, real).probe_failed > 0
+        return _FIELD.unpack_from(self._mem, self._offset(0, real) + _PROBE_FAILED)[0] > 0
 
     def total(self, real: int, field: str) -> float:
         i = _SLOT[field]
@@ -104,6 +112,35 @@ class SharedTable:
         """A worker that died holds nothing any more: its connections died with it."""
         for real in range(self.reals):
             self.publish(worker, real, Row())
+
+
+class RowWriter:
+    """One worker's rows of a `SharedTable`, written only when they differ from what this
+    writer wrote last.
+
+    The gateway publishes after every engine run (about four per stream open), and most runs
+    change one real of a farm, or none of its counters (a response read, a log line): the
+    other reals' rows are the same values again. Comparing a tuple of numbers with the last
+    one written costs less than packing it into the mapping, and the table's contents after
+    each `write` are exactly what writing every row would leave, since only this worker
+    writes its rows. A worker that starts (or is respawned after `clear`) starts with an
+    empty writer, so its first write of each row always goes through."""
+
+    __slots__ = ("_last", "_table", "_worker")
+
+    def __init__(self, table: SharedTable, worker: int) -> None:
+        self._table = table
+        self._worker = worker
+        self._last: dict[int, tuple[float, ...]] = {}
+
+    def write(self, real: int, values: tuple[float, ...]) -> bool:
+        """Publish `values` (the fields of `Row`, in order) as this worker's row for `real`
+        unless they equal the last ones written there; True if written."""
+        if self._last.get(real) == values:
+            return False
+        _store(self._table._mem, _ROW, self._table._offset(self._worker, real), *values)
+        self._last[real] = values
+        return True
 
 
 
