@@ -12,7 +12,9 @@ service, and a fourth real (nothing listens there) is PROBE_FAILED. Then a secon
 - the new process owns the listening socket (one descriptor, no copy left anywhere) and the
   control socket path; new logins go through it, none through the old one;
 - it shows the operator's no-inservice and the PROBE_FAILED real from its first `show`
-  (carried over, not learned again), and logs no real going OPERATIONAL;
+  (carried over, not learned again), logs the PROBE_FAILED state once as carried over
+  (`real_state_carried`, not `real_state`) with its time in the state going on from the
+  old process's, and logs no real going OPERATIONAL;
 - at the deadline the old process tells the cleartext stream `<system-shutdown/>`, closes
   the TLS ones (those clients log in again, through the new process) and exits 0;
 - no descriptor is left behind in the new process once its clients are gone; no Traceback.
@@ -171,6 +173,7 @@ def test_takeover_under_pinging_clients_drops_no_stream(servers: Servers, tmp_pa
         population.go()
         population.wait(population.all_up, 90, "every client logged in")
         raw = cleartext_stream(servers.ejabberd_domain)
+        dead_age = next(r["state_age"] for r in show(old, "reals") if r["address"] == dead)
 
         began = time.time()
         new.start(timeout=30)
@@ -179,8 +182,16 @@ def test_takeover_under_pinging_clients_drops_no_stream(servers: Servers, tmp_pa
         fds_at_start = new.fd_count()
         # the new process holds the one listening socket, and the control socket's path
         assert [pid for pid, _ in holders(5222)] == [new.pid], holders(5222)
-        reals = {r["address"]: r["state"] for r in show(new, "reals")}  # asks the new one
-        assert reals[spare] == "OUTOFSERVICE" and reals[dead] == "PROBE_FAILED", reals
+        reals = {r["address"]: r for r in show(new, "reals")}  # asks the new one
+        assert reals[spare]["state"] == "OUTOFSERVICE", reals
+        assert reals[dead]["state"] == "PROBE_FAILED", reals
+        # the PROBE_FAILED state is carried with its age: said once, not a new change
+        assert reals[dead]["state_age"] >= dead_age, (reals[dead], dead_age)
+        [carried] = new.records("real_state_carried")
+        assert (carried["real"], carried["state"], carried["old_pid"]) == (
+            dead, "PROBE_FAILED", old.pid), carried
+        assert carried["age"] >= dead_age, carried
+        assert not [r for r in new.records("real_state") if r["real"] == dead]
         assert sessions_of(new) == 0  # the old streams stayed with the old process
 
         newcomers = pinging(servers, tmp_path / "newcomers", NEW_LOGINS, "takeover-new",

@@ -17,6 +17,7 @@ from xmppgw.net.handover import (
     Handover,
     HandoverError,
     RealHealth,
+    Restored,
     address_key,
     farm_health,
     plan_sockets,
@@ -101,7 +102,7 @@ def farm(now: float = 0.0) -> Serverfarm:
 
 def test_health_carried_over_keeps_failed_and_probe_failed_reals_out() -> None:
     old = farm()
-    r1, r2, r3, _r4 = old.reals
+    r1, r2, r3, r4 = old.reals
     old.probe_result(r1, False, 1.0)  # probes down
     for client in ("10.9.0.1", "10.9.0.2", "10.9.0.1", "10.9.0.2"):  # faildetect: FAILED
         r2.pending += 1
@@ -111,12 +112,21 @@ def test_health_carried_over_keeps_failed_and_probe_failed_reals_out() -> None:
     assert old.state(r2, 10.0) is RealState.FAILED
     sent = Handover(1, (), health=farm_health([old], 25.0))
     carried = Handover.decode(sent.encode()).health
-    assert {h.real for h in carried} == {r1.name, r2.name, r3.name}  # r4 has nothing to say
+    assert carried == sent.health
+    assert {h.real for h in carried if h.has_counts()} == {r1.name, r2.name, r3.name}
+    assert {h.real: (h.state, h.age) for h in carried} == {  # every real's state, and its age
+        r1.name: (RealState.PROBE_FAILED, 24.0), r2.name: (RealState.FAILED, 15.0),
+        r3.name: (RealState.OPERATIONAL, 25.0), r4.name: (RealState.OPERATIONAL, 25.0)}
 
     new = farm(now=1000.0)  # another process: another loop clock
-    down = restore_health({"F": new}, carried, 1000.0)
+    restored = restore_health({"F": new}, carried, 1000.0)
     n1, n2, n3, n4 = new.reals
-    assert down == [("F", n1.name)]
+    assert restored.probe_down == [("F", n1.name)]
+    # taken over as they were: said once by the caller, no change for the log, ages kept
+    assert restored.carried == [("F", n1.name, RealState.PROBE_FAILED, 24.0),
+                                ("F", n2.name, RealState.FAILED, 15.0)]
+    assert new.drain_events() == []
+    assert (n1.last_change, n2.last_change, n4.last_change) == (976.0, 985.0, 975.0)
     assert new.state(n1, 1000.0) is RealState.PROBE_FAILED
     assert new.state(n2, 1000.0) is RealState.FAILED
     assert new.state(n2, 1014.9) is RealState.FAILED  # 30 s retry, 15 s of it passed before
@@ -132,8 +142,38 @@ def test_reals_gone_from_the_new_config_are_skipped() -> None:
     new = farm()
     health = (RealHealth("F", "10.0.0.99", probe_failed=True),
               RealHealth("OTHER", "10.0.0.1", retry_left=5.0))
-    assert restore_health({"F": new}, health, 0.0) == []
+    assert restore_health({"F": new}, health, 0.0) == Restored()
     assert all(new.state(r, 0.0) is RealState.OPERATIONAL for r in new.reals)
+
+
+def test_a_state_that_changed_on_the_way_is_recorded_as_a_change() -> None:
+    """FAILED with its retry elapsed between the old process's word and the new engine:
+    TESTING is a real change (logged as any), not a carried state."""
+    new = farm(now=100.0)
+    n1 = new.reals[0]
+    health = (RealHealth("F", n1.name, retry_left=0.0, state=RealState.FAILED, age=30.0),)
+    restored = restore_health({"F": new}, health, 100.0)
+    assert restored.carried == []
+    [change] = new.drain_events()
+    assert (change.real, change.old, change.new) == (n1.name, RealState.FAILED,
+                                                     RealState.TESTING)
+
+
+def test_a_message_without_states_restores_as_an_older_gateway_sent_it() -> None:
+    """An older gateway sends health rows without `states`: its reals' states are worked out
+    and recorded as changes ("carried over"), and nothing is said to be carried with an age;
+    a state this version does not know is dropped the same way."""
+    line = (b'{"version":1,"pid":7,"listeners":[],"real_admin":[],"vserver_admin":[],'
+            b'"health":[["F","10.0.0.1",true,null,0,[]]],'
+            b'"states":[["F","10.0.0.2","SLEEPING",3.0]]}\n')
+    message = Handover.decode(line)
+    assert message.health == (RealHealth("F", "10.0.0.1", probe_failed=True),)
+    new = farm(now=50.0)
+    restored = restore_health({"F": new}, message.health, 50.0)
+    assert restored.carried == [] and restored.probe_down == [("F", "10.0.0.1")]
+    [change] = new.drain_events()
+    assert (change.new, change.reason) == (RealState.PROBE_FAILED, "carried over")
+    assert new.reals[0].last_change == 50.0
 
 
 # --- who is on the other end, and the claim (xmppgw/net/takeover.py) -------------------------

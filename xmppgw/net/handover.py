@@ -9,9 +9,14 @@ It carries, besides the sockets' addresses, the state a new process must not for
   a drain's end as wall-clock time, as the admin table holds it (`net/shared.py`);
 - each real's health: the active probes' verdict (a PROBE_FAILED real stays PROBE_FAILED
   until its probes rise again) and passive failure detection (a FAILED real stays FAILED for
-  the rest of its `retry`; partial faildetect counts are kept too).
+  the rest of its `retry`; partial faildetect counts are kept too);
+- each in-service real's state and its age (seconds in it), so the new process takes the
+  state over as it is: it logs it once as carried over (`real_state_carried`), not as a
+  change, and `show` counts its time in the state on from the old process's.
 
-So no real looks healthy in the new process that did not in the old. What is not carried:
+So no real looks healthy in the new process that did not in the old. The states ride in a
+key of their own (`states`) beside the older `health` rows: a gateway that does not know
+them reads the rest, in either direction of a takeover. What is not carried:
 the counters `show` prints (total, failed attempts, reassigns start again from zero) and
 the load of the streams the old process still relays (leastconns in the new process counts
 only its own connections until the old one has exited).
@@ -21,10 +26,13 @@ No I/O and no clock here: times come in as arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from xmppgw.slb.types import RealState
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -43,10 +51,17 @@ class HandoverError(ValueError):
 Admin = tuple[bool, float | None]  # (inservice, drain end as wall-clock time) if held
 
 
+# What an engine records as a real's operational state (never OUTOFSERVICE nor MAXCONNS).
+OPER_STATES = frozenset({RealState.OPERATIONAL, RealState.TESTING, RealState.FAILED,
+                         RealState.PROBE_FAILED})
+
+
 @dataclass(frozen=True, slots=True)
 class RealHealth:
     """One real's health as the old process saw it. `retry_left`: seconds until a FAILED
-    real becomes TESTING (0: TESTING already; None: not failed)."""
+    real becomes TESTING (0: TESTING already; None: not failed). `state`: its operational
+    state, in it for `age` seconds (None for a real out of service, or from a gateway that
+    does not send them)."""
 
     farm: str
     real: str
@@ -54,6 +69,13 @@ class RealHealth:
     retry_left: float | None = None
     consecutive_failures: int = 0
     failed_clients: tuple[str, ...] = ()
+    state: RealState | None = None
+    age: float | None = None
+
+    def has_counts(self) -> bool:
+        """Anything beyond the state to carry (a `health` row of the message)."""
+        return bool(self.probe_failed or self.retry_left is not None
+                    or self.consecutive_failures or self.failed_clients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +98,9 @@ class Handover:
             "vserver_admin": [[name, inservice, drain]
                               for name, (inservice, drain) in self.vserver_admin.items()],
             "health": [[h.farm, h.real, h.probe_failed, h.retry_left, h.consecutive_failures,
-                        list(h.failed_clients)] for h in self.health],
+                        list(h.failed_clients)] for h in self.health if h.has_counts()],
+            "states": [[h.farm, h.real, str(h.state), h.age] for h in self.health
+                       if h.state is not None and h.age is not None],
         }
         return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
@@ -93,9 +117,7 @@ class Handover:
                 real_admin={(str(f), str(r)): (bool(i), _wall(d))
                             for f, r, i, d in data["real_admin"]},
                 vserver_admin={str(n): (bool(i), _wall(d)) for n, i, d in data["vserver_admin"]},
-                health=tuple(RealHealth(str(f), str(r), bool(pf), _wall(left), int(cf),
-                                        tuple(str(c) for c in fc))
-                             for f, r, pf, left, cf, fc in data["health"]))
+                health=_health(data["health"], data.get("states", [])))
         except HandoverError:
             raise
         except (ValueError, TypeError, KeyError) as exc:
@@ -104,6 +126,23 @@ class Handover:
 
 def _wall(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _health(rows: list[Any], states: list[Any]) -> tuple[RealHealth, ...]:
+    """The `health` rows joined with the `states` rows, by (farm, real), in message order.
+    A state this version does not know is dropped (the real's state is then worked out
+    from the rest, as from a gateway that sends none)."""
+    out: dict[tuple[str, str], RealHealth] = {}
+    for f, r, pf, left, cf, fc in rows:
+        out[(str(f), str(r))] = RealHealth(str(f), str(r), bool(pf), _wall(left), int(cf),
+                                           tuple(str(c) for c in fc))
+    for f, r, state, age in states:
+        if state not in OPER_STATES or age is None:
+            continue
+        key = (str(f), str(r))
+        known = out.get(key, RealHealth(*key))
+        out[key] = dataclasses.replace(known, state=RealState(state), age=max(0.0, float(age)))
+    return tuple(out.values())
 
 
 # --- which socket for which vserver ------------------------------------------------------------
@@ -153,37 +192,52 @@ def plan_sockets(offered: Iterable[tuple[str, int]],
 
 
 def farm_health(farms: Iterable[Serverfarm], now: float) -> tuple[RealHealth, ...]:
-    """Each real's health at loop time `now`, for the message (reals with nothing to say
-    are left out: a real that is simply healthy needs no line)."""
+    """Each real's health at loop time `now`, for the message: its state and the state's
+    age if it is in service, and its probe verdict and faildetect counts if it has any.
+    The farms' states are brought up to `now` first (a retry that elapsed makes TESTING;
+    that change is recorded here as it would be anyway)."""
     out = []
     for farm in farms:
+        farm.refresh(now)
         for real in farm.reals:
             left = None if real.retry_at is None else max(0.0, real.retry_at - now)
-            if real.probe_failed or left is not None or real.consecutive_failures \
-                    or real.failed_clients:
-                out.append(RealHealth(farm.name, real.name, real.probe_failed, left,
-                                      real.consecutive_failures,
-                                      tuple(sorted(real.failed_clients))))
-    return tuple(out)
+            state, age = ((real.oper_state, max(0.0, now - real.last_change)) if real.inservice
+                          else (None, None))
+            out.append(RealHealth(farm.name, real.name, real.probe_failed, left,
+                                  real.consecutive_failures,
+                                  tuple(sorted(real.failed_clients)), state, age))
+    return tuple(h for h in out if h.has_counts() or h.state is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What `restore_health` did. `probe_down`: (farm, real) restored PROBE_FAILED, whose
+    probes must start *down* (`rise` good runs bring them back, as in the old process).
+    `carried`: (farm, real, state, age in seconds) of each real whose state other than
+    OPERATIONAL was taken over as it was, for the caller to log once."""
+
+    probe_down: list[tuple[str, str]] = field(default_factory=list)
+    carried: list[tuple[str, str, RealState, float]] = field(default_factory=list)
 
 
 def restore_health(farms: Mapping[str, Serverfarm], health: Iterable[RealHealth],
-                   now: float) -> list[tuple[str, str]]:
+                   now: float) -> Restored:
     """Put the old process's view of each real into the new engine (loop time `now`); a
-    real gone from the new config is skipped. Returns the (farm, real) restored PROBE_FAILED,
-    whose probes must start *down* (`rise` good runs bring them back, as in the old one)."""
-    down = []
+    real gone from the new config is skipped. A carried state is no change in the new
+    engine (`Serverfarm.restore`): only what changed on the way is recorded as one."""
+    out = Restored()
     for h in health:
         farm = farms.get(h.farm)
         real = None if farm is None else farm.find(h.real)
         if farm is None or real is None:
             continue
-        real.consecutive_failures = h.consecutive_failures
-        real.failed_clients = set(h.failed_clients)
-        if h.retry_left is not None:
-            real.retry_at = now + h.retry_left
+        kept = farm.restore(
+            real, now, probe_failed=h.probe_failed,
+            retry_at=None if h.retry_left is None else now + h.retry_left,
+            consecutive_failures=h.consecutive_failures, failed_clients=h.failed_clients,
+            state=h.state, age=h.age or 0.0)
         if h.probe_failed:
-            farm.probe_result(real, False, now)  # records the change, as a probe would
-            down.append((farm.name, real.name))
-        farm.refresh(now)  # FAILED or TESTING, recorded for the log
-    return down
+            out.probe_down.append((farm.name, real.name))
+        if kept and h.state is not None and h.state is not RealState.OPERATIONAL:
+            out.carried.append((farm.name, real.name, h.state, h.age or 0.0))
+    return out

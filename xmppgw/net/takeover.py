@@ -187,6 +187,8 @@ class Releaser:
             vserver_admin={name: held for name, row in gw.rows.vservers.items()
                            if (held := gw.admin.vserver(row)) is not None},
             health=farm_health(gw.farms.values(), loop.time()))
+        for farm in gw.farms.values():  # a retry that elapsed just now: logged here too
+            gw.engine_changed(farm)
         await _send_with_fds(writer, message.encode(), [s.fileno() for _, s in listening])
         gw.log.warning("takeover_offered", sockets=[n for n, _ in listening], **peer)
         reason = "the new process went away before the release"
@@ -310,6 +312,8 @@ async def _adopt(config: Config, log: Any, conn: socket.socket) -> Gateway:
         for sock in sockets:
             sock.close()
         raise
+    old_peer = pid_fields("old", peer_pid(conn), handover.pid)
+    old_pid = old_peer["old_pid"]
     plan = plan_sockets(offered, config.vservers)
     for i in plan.close:
         sockets[i].close()
@@ -323,7 +327,10 @@ async def _adopt(config: Config, log: Any, conn: socket.socket) -> Gateway:
         row = gateway.rows.vservers.get(name)
         if row is not None:
             gateway.admin.set_vserver(row, inservice, until)
-    down = restore_health(gateway.farms, handover.health, loop.time())
+    restored = restore_health(gateway.farms, handover.health, loop.time())
+    for farm, real, state, age in restored.carried:  # once, not as a change: see handover.py
+        log.warning("real_state_carried", farm=farm, real=real, state=str(state),
+                    age=round(age, 3), old_pid=old_pid)
     try:
         await gateway.start(handover=True)
     finally:
@@ -331,15 +338,15 @@ async def _adopt(config: Config, log: Any, conn: socket.socket) -> Gateway:
             sock.close()
         gateway.listeners.sockets.clear()
     if gateway.health is not None:  # PROBE_FAILED reals: their probes start down
-        for farm, real in down:
+        for farm, real in restored.probe_down:
             health = gateway.health.schedule.real(farm, real)
             for probe in health.probes if health is not None else ():
                 probe.up, probe.streak = False, 0
-    log.warning("takeover_adopted", **pid_fields("old", peer_pid(conn), handover.pid),
-                adopted=sorted(plan.adopt),
+    log.warning("takeover_adopted", **old_peer, adopted=sorted(plan.adopt),
                 bound=list(plan.bind), closed=[handover.listeners[i][0] for i in plan.close],
                 carried_admin=len(handover.real_admin) + len(handover.vserver_admin),
-                carried_health=len(handover.health))
+                carried_health=sum(h.has_counts() for h in handover.health),
+                carried_states=len(restored.carried))
     return gateway
 
 
