@@ -43,6 +43,7 @@ from chaos.topology import VIP, Real, Toxics, gateway_config, reals
 from tests.harness.servers import Servers
 from tests.support.gateway import GatewayProcess
 from tests.support.storm import source_addresses
+from tests.support.wait import wait_for
 
 RESULTS = ROOT / "chaos" / "results"
 COLUMNS = ("scenario", "logins tried", "failed", "sessions cut",
@@ -137,15 +138,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.1)
-    return result
 
 
 @dataclass

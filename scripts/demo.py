@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ from tests.harness.fixtures import make_base_dir
 from tests.harness.servers import DNS_ADDRESS, Servers
 from tests.support.gateway import GatewayProcess
 from tests.support.storm import Storm, source_addresses
+from tests.support.wait import wait_for
 from xmppgw.control import show
 from xmppgw.control.server import request
 from xmppgw.control.snapshot import GatewaySnapshot
@@ -439,15 +440,6 @@ def run(*argv: str, timeout: float = 30) -> str:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                             cwd=ROOT, stdin=subprocess.DEVNULL)
     return (result.stdout + result.stderr).rstrip()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.1)
-    return result
 
 
 @contextmanager
