@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from xmppgw import notify
@@ -61,7 +62,11 @@ class Gateway:
         self._rows_out = RowWriter(shared.table, worker) if shared is not None else None
         self.admin, self.rows, self.slot = own.admin, own.rows, own.slot
         self.multi = shared is not None
-        now = asyncio.get_running_loop().time()  # the clock the sessions feed the engine
+        # The clock the sessions feed the engine. Kept: on CPython 3.11
+        # asyncio.get_running_loop() makes a getpid(2) system call each time (its check for
+        # a fork), and sync_peers runs once per stream open with workers.
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
         self.farms = {f.name: Serverfarm(f, now) for f in config.serverfarms}
         self.real_index: dict[Real, int] = {}
         self.index_reals()
@@ -143,25 +148,28 @@ class Gateway:
         adopted listeners are the only ones serving and must stay up) the other still
         starts, and the errors are returned."""
         errors: list[OSError] = []
-        try:
-            if self.config.gateway.metrics is not None:
-                try:
-                    self._start_metrics(self.config.gateway.metrics)
-                except OSError as exc:
-                    if fatal:
-                        raise
-                    errors.append(exc)
-            if self.config.srv is not None:
-                try:
-                    await self._start_srv(self.config)
-                except OSError as exc:
-                    if fatal:
-                        raise
-                    errors.append(exc)
-        except OSError:
-            await self.stop()
-            raise
+        for start in self._sides():
+            try:
+                await start()
+            except OSError as exc:
+                if fatal:
+                    await self.stop()
+                    raise
+                errors.append(exc)
         return errors
+
+    def _sides(self) -> list[Callable[[], Awaitable[None]]]:
+        """What `start_side` starts, in order: the metrics listener, then the SRV publisher,
+        each only if the config has it."""
+        config = self.config
+        sides: list[Callable[[], Awaitable[None]]] = []
+        if config.gateway.metrics is not None:
+            async def metrics() -> None:
+                self._start_metrics(config.gateway.metrics)
+            sides.append(metrics)
+        if config.srv is not None:
+            sides.append(lambda: self._start_srv(config))
+        return sides
 
     async def stop_side(self) -> None:
         """Close the SRV and metrics listeners and stop the probes (a handover: the new
@@ -366,7 +374,7 @@ class Gateway:
         if self.shared is None:
             return
         self.operator.apply_admin()  # if an operator command reached worker 0 a moment ago
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         for real in farm.reals:
             index = self.real_index[real]
             farm.observe_peers(real, *self.shared.peers(self.worker, index), now)
@@ -391,7 +399,7 @@ class Gateway:
             self.srv.changed()
         if farm.queue and not self._wake_scheduled:
             self._wake_scheduled = True
-            asyncio.get_running_loop().call_soon(self._wake_waiters)
+            self._loop.call_soon(self._wake_waiters)
         if self._rows_out is None:  # one process: nobody else reads our counters
             return
         # Only rows whose counters moved since the last write reach the mapping (RowWriter);
@@ -408,7 +416,7 @@ class Gateway:
         """Hand freed slots to queued connections, oldest first (each pick takes its slot
         before the next waiter is looked at, so none is handed out twice)."""
         self._wake_scheduled = False
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         for farm in self.farms.values():
             if not farm.queue:
                 continue
