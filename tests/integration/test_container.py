@@ -24,6 +24,7 @@ import pytest
 
 from tests.harness.client import xmpp_session
 from tests.harness.servers import Servers
+from tests.support.configs import gateway_config
 from tests.support.gateway import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -63,27 +64,11 @@ def image() -> str:
     return IMAGE
 
 
-def gateway_config(servers: Servers) -> str:
-    reals = "\n".join(f'[[serverfarm.real]]\naddress = "{address}"\n'
-                      for address in servers.ejabberd_addresses)
-    return f"""\
-[gateway]
-domains = ["{servers.ejabberd_domain}"]
-control_socket = "{SOCKET}"
-log_format = "json"
-log_connect = true
-
-[[vserver]]
-name = "C5222"
-virtual = "{VIP}:5222"
-mode = "starttls"
-serverfarm = "XMPP"
-
-[[serverfarm]]
-name = "XMPP"
-predictor = "leastconns"
-
-{reals}"""
+def container_config(servers: Servers) -> str:
+    return gateway_config(
+        domain=servers.ejabberd_domain, vip=f"{VIP}:5222", control=SOCKET,
+        gateway={"log_format": "json", "log_connect": True}, vserver={"name": "C5222"},
+        reals=[{"address": address} for address in servers.ejabberd_addresses])
 
 
 @pytest.fixture
@@ -91,7 +76,7 @@ def container(image: str, servers: Servers, tmp_path: Path) -> Iterator[str]:
     """The gateway container, running the test's config mounted as the image's default
     config file; always removed, whatever happened."""
     config = tmp_path / "xmppgw.toml"
-    config.write_text(gateway_config(servers))
+    config.write_text(container_config(servers))
     config.chmod(0o644)  # read by the image's user, not root
     remove_stale_containers()
     name = f"{NAME_PREFIX}{os.getpid()}"

@@ -25,6 +25,8 @@ import pytest
 
 from tests.harness.ejabberd import beam_pids
 from tests.harness.servers import Servers
+from tests.support import wait
+from tests.support.configs import gateway_config
 from tests.support.gateway import GatewayProcess
 from tests.support.storm import Storm, ensure_accounts, source_addresses
 from xmppgw.connection import SETTLED_TIME
@@ -40,37 +42,13 @@ RETRY = 10  # FAILED this long after the mass close (the probes take over meanwh
 
 
 def config(servers: Servers, control: Path) -> str:
-    reals = "".join(f"""
-[[serverfarm.real]]
-address = "{a}:{PORT}"
-retry = {RETRY}
-""" for a in servers.ejabberd_addresses)
-    return f"""
-[gateway]
-control_socket = "{control}"
-domains = ["{servers.ejabberd_domain}"]
-log_connect = true
-
-[[vserver]]
-name = "C2S"
-virtual = "{VIP}:5222"
-mode = "starttls"
-serverfarm = "XMPP"
-
-[[serverfarm]]
-name = "XMPP"
-predictor = "leastconns"
-mass_close_streams = 10
-slowstart = 0
-
-[[serverfarm.probe]]
-type = "xmpp-stream"
-domain = "{servers.ejabberd_domain}"
-expect_starttls = true
-interval = 2
-fall = 2
-rise = 1
-{reals}"""
+    return gateway_config(
+        domain=servers.ejabberd_domain, vip=f"{VIP}:5222", control=control,
+        gateway={"log_connect": True}, vserver={"name": "C2S"},
+        farm={"mass_close_streams": 10, "slowstart": 0},
+        probes=[{"type": "xmpp-stream", "domain": servers.ejabberd_domain,
+                 "expect_starttls": True, "interval": 2, "fall": 2, "rise": 1}],
+        reals=[{"address": f"{a}:{PORT}", "retry": RETRY} for a in servers.ejabberd_addresses])
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +70,7 @@ def sessions(servers: Servers, resource: str) -> list[Any]:
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
-        time.sleep(0.2)
-    return result
+    return wait.wait_until(condition, timeout, what, poll=0.2)  # what it polls is costly
 
 
 def show_reals(gw: GatewayProcess) -> dict[str, str]:

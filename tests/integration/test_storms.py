@@ -33,7 +33,7 @@ import json
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,9 @@ import pytest
 
 from tests.harness.ejabberd import EJABBERD_DEFAULT_BACKLOG, LISTEN_BACKLOG
 from tests.harness.servers import DEFAULT_BACKLOG_C2S_PORT, DEFAULT_BACKLOG_PORTS, Servers
+from tests.support import wait
 from tests.support.blackhole import blackhole, remove_stale
+from tests.support.configs import gateway_config
 from tests.support.gateway import GatewayProcess
 from tests.support.storm import Storm, ensure_accounts, source_addresses
 
@@ -65,53 +67,21 @@ ATTEMPT_TIMEOUT = 60.0  # a client gives up a login after this
 # counts the logins done within this time (a reported figure only).
 DIRECT_ATTEMPT_TIMEOUT = 30.0
 
-SEED_PROBE = """
-[[serverfarm.probe]]
-type = "xmpp-stream"
-domain = "{domain}"
-expect_starttls = true
-interval = 5
-fall = 3
-rise = 2
-"""
-
-SEED_REAL = """
-[[serverfarm.real]]
-address = "{address}:{port}"
-weight = 5
-reassign = 4
-faildetect = {{ numconns = {numconns}, numclients = {numclients} }}
-retry = 30
-inservice = {inservice}
-"""
+def seed_probe(domain: str) -> dict[str, Any]:
+    return {"type": "xmpp-stream", "domain": domain, "expect_starttls": True, "interval": 5,
+            "fall": 3, "rise": 2}
 
 
 def seed_config(servers: Servers, vip: str, control: Path, reals: list[str],
-                probe: str | None = None) -> str:
+                probe: Mapping[str, Any] | None = None) -> str:
     """conf/seed.toml's P5222 vserver and XMPP farm: `reals` in service, then the spare."""
-    probe = SEED_PROBE.format(domain=servers.ejabberd_domain) if probe is None else probe
-    real_lines = "".join(
-        SEED_REAL.format(address=a, port=PORT, numconns=NUMCONNS, numclients=NUMCLIENTS,
-                         inservice=str(a != SPARE).lower())
-        for a in [*reals, SPARE])
-    return f"""
-[gateway]
-control_socket = "{control}"
-domains = ["{servers.ejabberd_domain}"]
-log_connect = true
-
-[[vserver]]
-name = "P5222"
-virtual = "{vip}:5222"
-mode = "starttls"
-serverfarm = "XMPP"
-inservice = true
-
-[[serverfarm]]
-name = "XMPP"
-nat = "server"
-predictor = "leastconns"
-{probe}{real_lines}"""
+    return gateway_config(
+        domain=servers.ejabberd_domain, vip=f"{vip}:5222", control=control,
+        gateway={"log_connect": True}, vserver={"inservice": True}, farm={"nat": "server"},
+        probes=[seed_probe(servers.ejabberd_domain) if probe is None else probe],
+        reals=[{"address": f"{a}:{PORT}", "weight": 5, "reassign": 4,
+                "faildetect": {"numconns": NUMCONNS, "numclients": NUMCLIENTS},
+                "retry": 30, "inservice": a != SPARE} for a in [*reals, SPARE]])
 
 
 @pytest.fixture(scope="module")
@@ -185,11 +155,7 @@ def show_reals(gw: GatewayProcess) -> dict[str, str]:
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
-        time.sleep(0.2)
-    return result
+    return wait.wait_until(condition, timeout, what, poll=0.2)  # what it polls is costly
 
 
 def report(capsys: pytest.CaptureFixture[str], title: str, data: dict[str, Any]) -> None:
@@ -380,18 +346,9 @@ def test_d_a_probe_failing_everywhere_puts_the_farm_in_panic(
     """tls_verify = true (the default) against the nodes' self-signed certificate: the probe
     fails on every real although every real is fine."""
     nodes = servers.ejabberd_addresses
-    probe = f"""
-[[serverfarm.probe]]
-type = "xmpp-ping"
-interval = 1
-timeout = 2
-rise = 2
-fall = 2
-domain = "{servers.ejabberd_domain}"
-jid = "{servers.jid("user199")}"
-password = "{servers.password}"
-tls_verify = true
-"""
+    probe = {"type": "xmpp-ping", "interval": 1, "timeout": 2, "rise": 2, "fall": 2,
+             "domain": servers.ejabberd_domain, "jid": servers.jid("user199"),
+             "password": servers.password, "tls_verify": True}
     text = seed_config(servers, PANIC_VIP, tmp_path / "ctl.sock", nodes, probe=probe)
     with running_gateway(text, tmp_path / "gateway") as gw:
         wait_until(lambda: all("PROBE_FAILED" in states(gw, real_name(a)) for a in nodes), 30,

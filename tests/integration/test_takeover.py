@@ -34,15 +34,17 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness.servers import Servers
+from tests.support.configs import gateway_config, toml_table
 from tests.support.gateway import ROOT, GatewayProcess
 from tests.support.storm import Storm, source_addresses
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,32 +57,11 @@ DRAIN = 6.0
 
 
 def config_text(servers: Servers, control: Path) -> str:
-    reals = "".join(f"""
-[[serverfarm.real]]
-address = "{address}:5222"
-""" for address in [*servers.ejabberd_addresses, DEAD_REAL])
-    return f"""
-[gateway]
-control_socket = "{control}"
-domains = ["{servers.ejabberd_domain}"]
-log_connect = true
-
-[[vserver]]
-name = "P5222"
-virtual = "{VIP}:5222"
-mode = "starttls"
-serverfarm = "XMPP"
-
-[[serverfarm]]
-name = "XMPP"
-predictor = "leastconns"
-
-[[serverfarm.probe]]
-type = "tcp"
-interval = 1
-fall = 1
-rise = 3
-{reals}"""
+    return gateway_config(
+        domain=servers.ejabberd_domain, vip=f"{VIP}:5222", control=control,
+        gateway={"log_connect": True},
+        probes=[{"type": "tcp", "interval": 1, "fall": 1, "rise": 3}],
+        reals=[{"address": f"{a}:5222"} for a in [*servers.ejabberd_addresses, DEAD_REAL]])
 
 
 def pinging(servers: Servers, workdir: Path, clients: int, resource: str, first: int,
@@ -127,14 +108,6 @@ def holders(port: int) -> list[tuple[int, int]]:
 
 def show(gw: GatewayProcess, what: str) -> Any:
     return json.loads(gw.show(what, "--json"))
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
-        time.sleep(0.1)
-    return result
 
 
 def sessions_of(gw: GatewayProcess) -> int:
@@ -245,24 +218,14 @@ DUMMY_VIP = "127.0.1.63"
 DUMMY_REAL = "127.0.1.64"  # nothing listens there; no client connects in these tests
 
 
-def dummy_config(control: Path, workers: int = 1, extra: str = "", side: str = "") -> str:
-    return f"""
-[gateway]
-domains = ["example.test"]
-workers = {workers}
-control_socket = "{control}"
-{side}
-
-[[vserver]]
-name = "C2S"
-virtual = "{DUMMY_VIP}:5222"
-serverfarm = "DUMMY"
-{extra}
-[[serverfarm]]
-name = "DUMMY"
-[[serverfarm.real]]
-address = "{DUMMY_REAL}"
-"""
+def dummy_config(control: Path, workers: int = 1, extra: str = "",
+                 metrics: str | None = None, srv_listen: str | None = None) -> str:
+    srv = "" if srv_listen is None else toml_table("[srv]", {"listen": srv_listen})
+    return gateway_config(
+        domain="example.test", vip=f"{DUMMY_VIP}:5222", control=control,
+        gateway={"workers": workers, "metrics": metrics},
+        vserver={"name": "C2S", "mode": None}, farm={"name": "DUMMY", "predictor": None},
+        reals=[{"address": DUMMY_REAL}], extra=extra + srv)
 
 
 class NotifySocket:
@@ -298,12 +261,8 @@ def gone(pid: int) -> bool:
 
 
 def vserver(name: str, port: int) -> str:
-    return f'''
-[[vserver]]
-name = "{name}"
-virtual = "{DUMMY_VIP}:{port}"
-serverfarm = "DUMMY"
-'''
+    return toml_table("[[vserver]]", {"name": name, "virtual": f"{DUMMY_VIP}:{port}",
+                                      "serverfarm": "DUMMY"})
 
 
 def dummy_holders(port: int = 5222, udp: bool = False) -> list[int]:
@@ -314,11 +273,7 @@ def dummy_holders(port: int = 5222, udp: bool = False) -> list[int]:
 
 
 # the metrics listener and the SRV publisher's DNS server: handed over too (bound anew)
-SIDE = f"""metrics = "{DUMMY_VIP}:9105"
-
-[srv]
-listen = "{DUMMY_VIP}:5353"
-"""
+SIDE = {"metrics": f"{DUMMY_VIP}:9105", "srv_listen": f"{DUMMY_VIP}:5353"}
 
 
 def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: Path) -> None:
@@ -326,7 +281,7 @@ def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: 
     service's cgroup) sends MAINPID= and READY=1; the old one sends no STOPPING=1."""
     notes = NotifySocket(short_dir / "notify")
     control = short_dir / "ctl.sock"
-    old = GatewayProcess(dummy_config(control, side=SIDE, extra=vserver("GONE", 5223)),
+    old = GatewayProcess(dummy_config(control, extra=vserver("GONE", 5223), **SIDE),
                          short_dir, env={"NOTIFY_SOCKET": str(short_dir / "notify")})
     old.run_args = ["--drain", "3"]
     old.start()
@@ -336,8 +291,8 @@ def test_sigusr2_starts_the_successor_and_systemd_hears_its_main_pid(short_dir: 
         assert fields.get("READY") == "1" and pid == old.pid, fields
         assert dummy_holders(5223) == [old.pid]
         # the upgrade comes with a config change: GONE goes, ADDED comes
-        old.config_path.write_text(dummy_config(control, side=SIDE,
-                                                extra=vserver("ADDED", 5224)))
+        old.config_path.write_text(dummy_config(control, extra=vserver("ADDED", 5224),
+                                                **SIDE))
         os.kill(old.pid, signal.SIGUSR2)
         fields, successor = notes.next()
         assert fields == {"MAINPID": str(successor), "READY": "1"}, fields
@@ -482,7 +437,7 @@ def test_a_side_port_taken_does_not_stop_the_successor(short_dir: Path) -> None:
     try:
         squatter.bind((DUMMY_VIP, 9106))
         squatter.listen()
-        old.config_path.write_text(dummy_config(control, side=f'metrics = "{DUMMY_VIP}:9106"'))
+        old.config_path.write_text(dummy_config(control, metrics=f"{DUMMY_VIP}:9106"))
         os.kill(old.pid, signal.SIGUSR2)
         record = old.wait_record(lambda r: True, event="takeover_side_failed")
         assert "9106" in record["error"] or "in use" in record["error"].lower(), record

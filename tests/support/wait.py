@@ -11,12 +11,22 @@ from typing import Any
 POLL = 0.1  # seconds between two looks
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """The first true value `condition()` returns, looking every POLL seconds; TimeoutError
+def wait_for(condition: Callable[[], Any], timeout: float, what: str,
+             poll: float = POLL) -> Any:
+    """The first true value `condition()` returns, looking every `poll` seconds; TimeoutError
     naming `what` if none came within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not (result := condition()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout:g} s")
-        time.sleep(POLL)
+        time.sleep(poll)
     return result
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str,
+               poll: float = POLL) -> Any:
+    """`wait_for` in a test: a timeout fails it as an assertion does."""
+    try:
+        return wait_for(condition, timeout, what, poll)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.configs import MINIMAL, refused
+from tests.support.configs import MINIMAL, gateway_config, refused
 from xmppgw import config
 from xmppgw.config import Address, ConfigError, parse_address
 from xmppgw.config.locator import Locator
@@ -96,6 +96,27 @@ def test_inline_real_and_array_element_lines() -> None:
     assert locate(("serverfarm", 0, "real", 1, "probe", "type")) == 7
     assert locate(("serverfarm", 0, "real", 1, "nosuchkey")) == 7
     assert locate(("serverfarm", 1)) is None
+
+
+def test_the_integration_tests_config_builder_writes_what_it_is_given() -> None:
+    """tests/support/configs.py's gateway_config: the keys given, a None left out."""
+    text = gateway_config(
+        domain="example.test", vip="127.0.0.1:5222", control="/run/x/ctl.sock",
+        gateway={"log_connect": True, "metrics": None}, vserver={"name": "C2S", "mode": None},
+        farm={"nat": "server"}, probes=[{"type": "tcp", "interval": 1}],
+        reals=[{"address": "127.0.0.2:5222", "inservice": False,
+                "faildetect": {"numconns": 3, "numclients": 2}}])
+    cfg = config.loads(text, "test.toml")
+    [vs], [farm] = cfg.vservers, cfg.serverfarms
+    assert (vs.name, vs.mode, str(vs.virtual), vs.serverfarm) == (
+        "C2S", "starttls", "127.0.0.1:5222", "XMPP")
+    assert (cfg.gateway.control_socket, cfg.gateway.log_connect, cfg.gateway.metrics) == (
+        "/run/x/ctl.sock", True, None)
+    assert (farm.name, farm.predictor, farm.nat) == ("XMPP", "leastconns", "server")
+    [real] = farm.reals
+    assert (real.inservice, real.faildetect.numconns, real.faildetect.numclients) == (
+        False, 3, 2)
+    assert "metrics" not in text and "mode" not in text
 
 
 def test_wrong_type() -> None:
