@@ -220,7 +220,7 @@ async def test_proxy_create_errors(tp: Api) -> None:
     taken.listen()
     try:
         status, body = await tp.call("POST", "/proxies", {
-            "name": "a", "upstream": "x:1", "listen": "%s:%d" % taken.getsockname()})
+            "name": "a", "upstream": "x:1", "listen": "{}:{}".format(*taken.getsockname())})
         assert status == 500 and body["status"] == 500
         assert body["error"].startswith("listen tcp ") and "address already in use" in body[
             "error"]
@@ -249,7 +249,7 @@ async def test_proxy_update_disable_enable(tp: Api, echo: Upstream) -> None:
 
     status, body = await tp.call("POST", "/proxies/p", {"enabled": False})
     assert status == 200 and body["enabled"] is False
-    assert body["listen"] == "%s:%d" % addr
+    assert body["listen"] == "{}:{}".format(*addr)
     # the existing connection is closed and the listener is gone
     data, _, _ = await read_until_eof(reader)
     assert data == b""
@@ -258,7 +258,7 @@ async def test_proxy_update_disable_enable(tp: Api, echo: Upstream) -> None:
         await connect(addr)
 
     status, body = await tp.call("PATCH", "/proxies/p", {"enabled": True})
-    assert status == 200 and body["enabled"] is True and body["listen"] == "%s:%d" % addr
+    assert status == 200 and body["enabled"] is True and body["listen"] == "{}:{}".format(*addr)
     reader, writer = await connect(addr)
     await round_trip(reader, writer)
 
@@ -578,7 +578,7 @@ async def test_slicer_upstream(tp: Api) -> None:
     addr = await tp.proxy(sink.addr)
     await tp.toxic("p", type="slicer", stream="upstream",
                    attributes={"average_size": 50, "delay": 1000})
-    reader, writer = await connect(addr)
+    _reader, writer = await connect(addr)
     payload = os.urandom(1000)
     writer.write(payload)
     writer.write_eof()
@@ -717,7 +717,7 @@ def threaded_echo() -> Iterator[str]:
     server = _EchoServer((LOOPBACK, 0), _Echo)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield "%s:%d" % server.server_address
+    yield "{}:{}".format(*server.server_address)
     server.shutdown()
     server.server_close()
 
@@ -785,9 +785,8 @@ def test_toxiproxy_python_proxies(client: Any, threaded_echo: str) -> None:
         _echo_once(proxy.listen)
     proxy.enable()
     assert _echo_once(proxy.listen) == b"ping"
-    with proxy.down():
-        with pytest.raises(OSError):
-            _echo_once(proxy.listen)
+    with proxy.down(), pytest.raises(OSError):
+        _echo_once(proxy.listen)
     assert _echo_once(proxy.listen) == b"ping"
 
     # populate: creates what is missing, keeps what matches, replaces what differs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -90,7 +90,7 @@ class ThreadedToxiproxy:
     def url(self) -> str:
         return self.server.url
 
-    def start(self) -> ThreadedToxiproxy:
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self._main, name="toxiproxy", daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -106,7 +106,7 @@ class ThreadedToxiproxy:
         self._stopped = asyncio.Event()
         try:
             await self.server.start()
-        except BaseException as exc:  # reported to start()
+        except BaseException as exc:  # noqa: BLE001 - reported to start(), which raises it
             self._error = exc
             self._ready.set()
             return
@@ -119,8 +119,8 @@ class ThreadedToxiproxy:
             self._loop.call_soon_threadsafe(self._stopped.set)
             self._thread.join(10)
 
-    def __enter__(self) -> ThreadedToxiproxy:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -259,7 +259,7 @@ def test_a_stream_parked_before_tls_gets_connection_timeout(gateway: GatewayProc
     began = time.monotonic()
     reply = exchange(5226, header())
     assert time.monotonic() - began >= 0.9
-    root, condition = stream_error(reply)  # the echo's header is the "real's" here
+    _root, condition = stream_error(reply)  # the echo's header is the "real's" here
     assert condition == "connection-timeout"
     record = gateway.wait_record(lambda r: r.get("vserver") == "PARK")
     assert record["error"] == "connection-timeout" and record["real"] == f"{ECHO}:5222"
@@ -355,7 +355,7 @@ def test_an_xmpp_stream_on_directtls_gets_a_stream_error_naming_the_starttls_por
     """A plain XMPP client on the direct-TLS port is answered in XML, not with an alert it
     reports as "content before root node", and told where STARTTLS is."""
     before = echo[1].accepted
-    root, condition = stream_error(exchange(5223, header(ns="jabber:server")))
+    _root, condition = stream_error(exchange(5223, header(ns="jabber:server")))
     assert condition == "policy-violation"
     assert b"xmlns='jabber:server'" in exchange(5223, header(ns="jabber:server"))
     text = ET.fromstring(exchange(5223, header()))[0].find(f"{ERRORS}text").text

@@ -795,7 +795,7 @@ def test_over_a_limit_a_cleartext_stream_gets_policy_violation() -> None:
 def test_over_a_limit_a_tls_client_is_closed() -> None:
     world = World("directtls", limits=Limits(maxconns_per_ip=1))
     world.connection()
-    conn, out = world.connection()
+    _conn, out = world.connection()
     assert out == [LimitRefused("maxconns_per_ip"), CLOSE]
 
 
@@ -804,7 +804,7 @@ def test_admission_is_released_at_the_end() -> None:
     conn, _ = world.connection()
     conn.close(0.1)
     finish(conn, 0.2)
-    again, out = world.connection()
+    _again, out = world.connection()
     assert not only(out, LimitRefused)
 
 

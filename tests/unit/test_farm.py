@@ -418,7 +418,7 @@ class FarmMachine(RuleBasedStateMachine):
     def connect(self, attempt: Any) -> Any:
         if attempt is None:
             return None
-        real, client = attempt
+        real, _client = attempt
         self.f.connected(real, self.now)
         self.connected_calls += 1
         return real

@@ -16,6 +16,7 @@ The count and seed each target ran with are printed in the test summary ("fuzz c
 from __future__ import annotations
 
 import codecs
+import itertools
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -111,7 +112,7 @@ def splits(rng: random.Random, data: bytes) -> Iterator[list[bytes]]:
         cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 12)))
                       if len(data) > 1 else [])
         bounds = [0, *cuts, len(data)]
-        yield [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        yield [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def fuzz(record_property: Callable[[str, object], None], seeds: list[bytes],

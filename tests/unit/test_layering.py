@@ -21,7 +21,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def test_the_import_contracts_are_kept() -> None:
     run = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "0 broken" in run.stdout
 

@@ -262,10 +262,10 @@ def test_stream_without_starttls_goes_opaque_at_first_other_element() -> None:
 # TLS, whatever it is: each is refused when its start tag is complete, before its content.
 BEFORE_TLS = {
     "sasl": (C2S, AUTH),
-    "sasl2": (C2S, b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>"
-                   b"<initial-response>AGFsaWNlAHNlY3JldA==</initial-response></authenticate>"),
-    "iq-auth": (C2S, b"<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice"
-                     b"</username><password>secret</password></query></iq>"),
+    "sasl2": (C2S, (b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>"
+                   b"<initial-response>AGFsaWNlAHNlY3JldA==</initial-response></authenticate>")),
+    "iq-auth": (C2S, (b"<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice"
+                     b"</username><password>secret</password></query></iq>")),
     "register": (C2S, b"<iq type='get' id='1'><query xmlns='jabber:iq:register'/></iq>"),
     "message": (C2S, b"<message to='bob@example.test'><body>hi</body></message>"),
     "dialback": (S2S, b"<db:result from='pr.test' to='example.test'>s3cr3tk3y</db:result>"),
