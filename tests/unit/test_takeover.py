@@ -159,6 +159,24 @@ def test_a_state_that_changed_on_the_way_is_recorded_as_a_change() -> None:
                                                      RealState.TESTING)
 
 
+def test_an_out_of_service_real_keeps_its_state_its_age_and_its_drain() -> None:
+    """`no-inservice --drain 100` at 5 s in the old process, handed over at 25 s: the new
+    engine holds the operator's word already (so applying the admin table changes nothing),
+    with the drain's end where it was and OUTOFSERVICE 20 s old, and records no change."""
+    old = farm()
+    r1 = old.reals[0]
+    old.set_inservice(r1, False, 5.0, drain_timeout=100.0)
+    [h] = [h for h in farm_health([old], 25.0) if h.real == r1.name]
+    assert (h.state, h.age) == (RealState.OUTOFSERVICE, 20.0)
+    new = farm(now=1000.0)
+    n1 = new.reals[0]
+    restored = restore_health({"F": new}, (h,), 1000.0, {("F", n1.name): (False, 80.0)})
+    assert restored.carried == [("F", n1.name, RealState.OUTOFSERVICE, 20.0)]
+    assert new.drain_events() == []
+    assert (n1.inservice, n1.drain_deadline, n1.last_change) == (False, 1080.0, 980.0)
+    assert new.state(n1, 1000.0) is RealState.OUTOFSERVICE
+
+
 def test_a_message_without_states_restores_as_an_older_gateway_sent_it() -> None:
     """An older gateway sends health rows without `states`: its reals' states are worked out
     and recorded as changes ("carried over"), and nothing is said to be carried with an age;

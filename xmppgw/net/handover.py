@@ -10,9 +10,10 @@ It carries, besides the sockets' addresses, the state a new process must not for
 - each real's health: the active probes' verdict (a PROBE_FAILED real stays PROBE_FAILED
   until its probes rise again) and passive failure detection (a FAILED real stays FAILED for
   the rest of its `retry`; partial faildetect counts are kept too);
-- each in-service real's state and its age (seconds in it), so the new process takes the
-  state over as it is: it logs it once as carried over (`real_state_carried`), not as a
-  change, and `show` counts its time in the state on from the old process's.
+- each real's state (OUTOFSERVICE included) and its age (seconds in it), so the new
+  process takes the state over as it is: it logs it once as carried over
+  (`real_state_carried`), not as a change, and `show` counts its time in the state on from
+  the old process's.
 
 So no real looks healthy in the new process that did not in the old. The states ride in a
 key of their own (`states`) beside the older `health` rows: a gateway that does not know
@@ -51,17 +52,17 @@ class HandoverError(ValueError):
 Admin = tuple[bool, float | None]  # (inservice, drain end as wall-clock time) if held
 
 
-# What an engine records as a real's operational state (never OUTOFSERVICE nor MAXCONNS).
-OPER_STATES = frozenset({RealState.OPERATIONAL, RealState.TESTING, RealState.FAILED,
-                         RealState.PROBE_FAILED})
+# What an engine records as a real's state (MAXCONNS is shown, never recorded).
+RECORDED_STATES = frozenset({RealState.OPERATIONAL, RealState.TESTING, RealState.FAILED,
+                             RealState.PROBE_FAILED, RealState.OUTOFSERVICE})
 
 
 @dataclass(frozen=True, slots=True)
 class RealHealth:
     """One real's health as the old process saw it. `retry_left`: seconds until a FAILED
-    real becomes TESTING (0: TESTING already; None: not failed). `state`: its operational
-    state, in it for `age` seconds (None for a real out of service, or from a gateway that
-    does not send them)."""
+    real becomes TESTING (0: TESTING already; None: not failed). `state`: its state as the
+    old process recorded it, in it for `age` seconds (None from a gateway that does not
+    send them)."""
 
     farm: str
     real: str
@@ -137,7 +138,7 @@ def _health(rows: list[Any], states: list[Any]) -> tuple[RealHealth, ...]:
         out[(str(f), str(r))] = RealHealth(str(f), str(r), bool(pf), _wall(left), int(cf),
                                            tuple(str(c) for c in fc))
     for f, r, state, age in states:
-        if state not in OPER_STATES or age is None:
+        if state not in RECORDED_STATES or age is None:
             continue
         key = (str(f), str(r))
         known = out.get(key, RealHealth(*key))
@@ -192,21 +193,20 @@ def plan_sockets(offered: Iterable[tuple[str, int]],
 
 
 def farm_health(farms: Iterable[Serverfarm], now: float) -> tuple[RealHealth, ...]:
-    """Each real's health at loop time `now`, for the message: its state and the state's
-    age if it is in service, and its probe verdict and faildetect counts if it has any.
-    The farms' states are brought up to `now` first (a retry that elapsed makes TESTING;
-    that change is recorded here as it would be anyway)."""
+    """Each real's health at loop time `now`, for the message: its recorded state and the
+    state's age, and its probe verdict and faildetect counts if it has any. The farms'
+    states are brought up to `now` first (a retry that elapsed makes TESTING; that change
+    is recorded here as it would be anyway)."""
     out = []
     for farm in farms:
         farm.refresh(now)
         for real in farm.reals:
             left = None if real.retry_at is None else max(0.0, real.retry_at - now)
-            state, age = ((real.oper_state, max(0.0, now - real.last_change)) if real.inservice
-                          else (None, None))
             out.append(RealHealth(farm.name, real.name, real.probe_failed, left,
                                   real.consecutive_failures,
-                                  tuple(sorted(real.failed_clients)), state, age))
-    return tuple(h for h in out if h.has_counts() or h.state is not None)
+                                  tuple(sorted(real.failed_clients)), real.recorded_state,
+                                  max(0.0, now - real.last_change)))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,21 +221,25 @@ class Restored:
 
 
 def restore_health(farms: Mapping[str, Serverfarm], health: Iterable[RealHealth],
-                   now: float) -> Restored:
+                   now: float, admin: Mapping[tuple[str, str], Admin] | None = None,
+                   ) -> Restored:
     """Put the old process's view of each real into the new engine (loop time `now`); a
-    real gone from the new config is skipped. A carried state is no change in the new
-    engine (`Serverfarm.restore`): only what changed on the way is recorded as one."""
+    real gone from the new config is skipped. `admin`: the operator's word on reals,
+    (inservice, seconds left of a drain or None) by (farm, real), as the new process holds
+    it. A carried state is no change in the new engine (`Serverfarm.restore`): only what
+    changed on the way is recorded as one."""
     out = Restored()
     for h in health:
         farm = farms.get(h.farm)
         real = None if farm is None else farm.find(h.real)
         if farm is None or real is None:
             continue
+        inservice, drain = (admin or {}).get((h.farm, h.real), (None, None))
         kept = farm.restore(
             real, now, probe_failed=h.probe_failed,
             retry_at=None if h.retry_left is None else now + h.retry_left,
             consecutive_failures=h.consecutive_failures, failed_clients=h.failed_clients,
-            state=h.state, age=h.age or 0.0)
+            state=h.state, age=h.age or 0.0, inservice=inservice, drain_timeout=drain)
         if h.probe_failed:
             out.probe_down.append((farm.name, real.name))
         if kept and h.state is not None and h.state is not RealState.OPERATIONAL:

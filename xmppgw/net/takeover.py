@@ -61,6 +61,7 @@ from xmppgw.net.handover import (
     plan_sockets,
     restore_health,
 )
+from xmppgw.net.operator import drain_left
 
 RELEASE_WAIT = 30.0  # seconds the old process waits for step 3 before carrying on
 EXCHANGE_TIMEOUT = 15.0  # seconds the new process waits for each answer
@@ -327,7 +328,10 @@ async def _adopt(config: Config, log: Any, conn: socket.socket) -> Gateway:
         row = gateway.rows.vservers.get(name)
         if row is not None:
             gateway.admin.set_vserver(row, inservice, until)
-    restored = restore_health(gateway.farms, handover.health, loop.time())
+    wall = time.time()  # the engine takes the operator's word too, so it is no change
+    admin = {key: (inservice, drain_left(until, wall))
+             for key, (inservice, until) in handover.real_admin.items()}
+    restored = restore_health(gateway.farms, handover.health, loop.time(), admin)
     for farm, real, state, age in restored.carried:  # once, not as a change: see handover.py
         log.warning("real_state_carried", farm=farm, real=real, state=str(state),
                     age=round(age, 3), old_pid=old_pid)

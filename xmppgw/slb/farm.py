@@ -445,29 +445,34 @@ class Serverfarm:
 
     def restore(self, real: Real, now: float, *, probe_failed: bool, retry_at: float | None,
                 consecutive_failures: int, failed_clients: Iterable[str],
-                state: RealState | None = None, age: float = 0.0) -> bool:
+                state: RealState | None = None, age: float = 0.0,
+                inservice: bool | None = None, drain_timeout: float | None = None) -> bool:
         """A real's health as the gateway taken over left it (`xmppgw run --takeover`,
         `net/handover.py`); `now`, `retry_at` on this engine's clock.
 
-        `state`, the operational state the old process had recorded `age` seconds before,
-        is taken as it is: no StateChange for it (the old process logged it, the caller says
-        it once as carried over), and it keeps its age. Only what the carried fields make of
-        it by `now`, if that differs (a retry that elapsed on the way), is recorded, as any
-        change is. Without `state` (an older gateway's message) the state is worked out and
-        recorded as a change. Returns True when `state` was kept as it came."""
+        `state`, what the old process had recorded `age` seconds before (OUTOFSERVICE
+        included), is taken as it is: no StateChange for it (the old process logged it, the
+        caller says it once as carried over), and it keeps its age. `inservice` (with
+        `drain_timeout` seconds left of a drain) is the operator's word the old process held,
+        taken over the same way. Only what differs by `now` (a retry that elapsed on the
+        way, a config that changed the real's `inservice`) is recorded, as any change is.
+        Without `state` (an older gateway's message) the state is worked out and recorded as
+        a change. Returns True when `state` was kept as it came."""
         real.probe_failed = probe_failed
         real.retry_at = retry_at
         real.consecutive_failures = consecutive_failures
         real.failed_clients = set(failed_clients)
-        if state in (RealState.OUTOFSERVICE, RealState.MAXCONNS):
-            state = None  # never an operational state: nothing to keep
+        if inservice is not None:
+            real.inservice = inservice
+            real.drain_deadline = (None if inservice or drain_timeout is None
+                                   else now + drain_timeout)
+        if state is RealState.MAXCONNS:
+            state = None  # never recorded: nothing to keep
         if state is not None:
-            real.oper_state = state
-            if real.inservice:  # out of service, the OUTOFSERVICE state keeps its own age
-                real.last_change = now - max(0.0, age)
-                if state in NOT_SERVING:
-                    real.ramp_start = None
-        change = self._sync(real, now, "carried over" if state is None else None)
+            real.last_change = now - max(0.0, age)
+            if state in NOT_SERVING:
+                real.ramp_start = None
+        change = self._sync(real, now, "carried over" if state is None else None, state)
         if change is None:
             self._check_panic(now)  # _sync checks it only after a change
         return state is not None and change is None
