@@ -396,10 +396,14 @@ def under_quota(pid: int, workers: int, mode: str,
         yield []
         return
     count = workers if mode == "split" else 1
+    procs = tree(pid)
+    if count > 1 and len(procs) == 1 and quota.hierarchy()[0] == "v2":
+        # Threads one by one need v1 here (v2: threaded subtrees, not done): one group
+        log("cgroup v2: a threaded proxy's workers share one group (as `shared`)")
+        count = 1
     with quota.groups(count) as groups:
         for g in groups:
-            g.limit(cores if mode == "split" else cores * workers)
-        procs = tree(pid)
+            g.limit(cores * workers / count)
         if count == 1:
             for p in procs:
                 groups[0].add_process(p)
@@ -506,7 +510,13 @@ FIGURES = [  # key, label (as printed), unit, lower is better
     ("tls_handshakes", "direct-TLS (5223) opens/s, 32 clients", "1/s", False),
     ("tls_handshakes_per_cpu", "direct-TLS opens per proxy CPU-second", "1/CPU-s", False),
     ("handshakes_2w", "stream opens/s, workers = 2 / nbthread 2", "1/s", False),
-    ("scale_2w", "opens/s with 2 workers over 1 (same round)", "x", False),
+    ("scale_2w", "opens/s with 2 workers over 1, no quota (same round)", "x", False),
+    ("handshakes_q1", f"stream opens/s, 1 worker, {QUOTA_CORES}-core CPU quota", "1/s", False),
+    ("handshakes_q2", f"stream opens/s, 2 workers, {QUOTA_CORES}-core quota each", "1/s",
+     False),
+    ("scale_2w_quota", f"opens/s with 2 workers over 1, {QUOTA_CORES}-core quota per worker",
+     "x", False),
+    ("budget_2w_quota", "share of the 2 workers' quota used, %", "%", False),
     *[(f"{where}_{added}{q}", f"{'added ' if added else ''}{q} µs, 100 B stanza RTT, {label}",
        "µs", True)
       for where, label in (("free", "free sched."), ("cpu0", "one CPU"))
@@ -519,13 +529,14 @@ FIGURES = [  # key, label (as printed), unit, lower is better
 ]
 SKIPPED = {"dns": "measured by bench/dns.sh against BIND: see results/dns-latest.md"}
 MEMORY_KEYS = (*[f"rss_{n}" for n in RSS_STEPS], "rss_parked")
+QUOTA_KEYS = ("handshakes_q1", "handshakes_q2", "scale_2w_quota", "budget_2w_quota")
 NOT_APPLICABLE = {  # (figure, target): why there is no number
     ("iperf3", "xmppgw"): "n/a (no header)",
     **{(k, "direct"): "-" for k in
        ("handshake_cpu", "handshakes_per_cpu", "free_added_p50", "free_added_p99",
         "cpu0_added_p50", "cpu0_added_p99", "tls_handshakes_per_cpu", "handshakes_2w",
-        "scale_2w", *MEMORY_KEYS)},
-    **{(k, "haproxy_best"): "-" for k in ("handshakes_2w", "scale_2w")},
+        "scale_2w", *QUOTA_KEYS, *MEMORY_KEYS)},
+    **{(k, "haproxy_best"): "-" for k in ("handshakes_2w", "scale_2w", *QUOTA_KEYS)},
     # Idle streams never splice; the defaults' maxconn also admits the 9k step.
     **{(k, "haproxy_best"): "(defaults)" for k in MEMORY_KEYS},
 }
@@ -551,6 +562,9 @@ def run_rounds(setup: Setup, rounds: int, quiet: list[float]) -> dict[str, dict[
         twos = [Target("haproxy", TWO_HAPROXY_HOST, two.haproxy(TWO_HAPROXY_HOST, ["xmpp"])),
                 Target("xmppgw", TWO_XMPPGW_HOST, two.xmppgw(TWO_XMPPGW_HOST, ["xmpp"]))]
     run_json(["latency", "500", *(t.addr("xmpp") for t in targets)])  # warm every path
+    note = quota_note()
+    quota_ok = not note.startswith("no CPU quota")
+    log(note)
 
     def record(key: str, target: Target, value: float) -> None:
         runs[key][target.name].append(value)
@@ -583,6 +597,16 @@ def run_rounds(setup: Setup, rounds: int, quiet: list[float]) -> dict[str, dict[
             rate = measure_handshakes(t)["rate"]
             record("handshakes_2w", t, rate)
             record("scale_2w", t, rate / runs["handshakes"][t.name][-1])
+        # The same two against one under a CPU quota per worker (bench/quota.py), so the
+        # second worker cannot take its CPU from the load generator.
+        ones = {t.name: t for t in targets}
+        for t in twos if quota_ok else ():
+            one = measure_quota(ones[t.name], 1, "split")
+            two = measure_quota(t, 2, "split")
+            record("handshakes_q1", t, one["rate"])
+            record("handshakes_q2", t, two["rate"])
+            record("scale_2w_quota", t, two["rate"] / one["rate"])
+            record("budget_2w_quota", t, two["budget_used_pct"])
         for where, one_cpu in (("free", False), ("cpu0", True)):
             lat = measure_latency(setup, order, one_cpu)
             for t in order:
@@ -629,13 +653,18 @@ def goals(f: dict) -> list[dict]:
     rss = [(n, f[f"rss_{n}"]) for n in RSS_STEPS]
     parked = f["rss_parked"]
     added = [(where, f[f"{where}_added_p99"]) for where in ("free", "cpu0")]
+    quota = f["scale_2w_quota"]["xmppgw"] is not None
+    scale = f["scale_2w_quota"] if quota else f["scale_2w"]
     return [
         g("bulk >= 1.0x HAProxy at its best", up >= 1 and down >= 1,
           f"x{up:.2f} client->server, x{down:.2f} server->client"),
         g("with 2 workers, opens/s >= 1.8x one worker's",
-          (f["scale_2w"]["xmppgw"] or 0) >= 1.8,
-          f"x{f['scale_2w']['xmppgw'] or 0:.2f} (HAProxy nbthread 2: "
-          f"x{f['scale_2w']['haproxy'] or 0:.2f}); 2 vCPUs shared with the load clients"),
+          (scale["xmppgw"] or 0) >= 1.8,
+          (f"x{scale['xmppgw'] or 0:.2f} (HAProxy nbthread 2: x{scale['haproxy'] or 0:.2f}"
+           + (f", {f['budget_2w_quota']['haproxy'] or 0:.0f}% of its quota used" if quota else "")
+           + f") {'under a ' + str(QUOTA_CORES) + '-core CPU quota per worker' if quota else ''}"
+           f"; no quota, 2 vCPUs shared with the load clients: x{f['scale_2w']['xmppgw'] or 0:.2f}"
+           f" (HAProxy x{f['scale_2w']['haproxy'] or 0:.2f})")),
         g("stream opens per proxy CPU-second >= 0.5x HAProxy's", per_cpu >= 0.5,
           f"x{per_cpu:.2f}; opens/s x{f['handshakes']['ratio']:.2f} (noisy on a shared machine)"),
         g("RSS per stream parked before STARTTLS <= 2x HAProxy's", parked["ratio"] <= 2,
@@ -849,7 +878,10 @@ def main_only_scaling(args: argparse.Namespace, workdir: Path) -> int:
                   f"  2: {statistics.median(h['rate'] for h in two):7,.0f} opens/s "
                   f"({statistics.median(h['per_cpu_second'] for h in two):6,.0f}/CPU-s)  "
                   f"2 over 1: x{statistics.median(ratios):.2f} "
-                  f"(rounds {', '.join(f'{x:.2f}' for x in ratios)})")
+                  f"(rounds {', '.join(f'{x:.2f}' for x in ratios)})"
+                  + (f"; budget used 1: {statistics.median(h['budget_used_pct'] for h in one):.0f}%"
+                     f", 2: {statistics.median(h['budget_used_pct'] for h in two):.0f}%"
+                     if mode != "free" else ""))
     print(json.dumps(out))
     return 0
 
@@ -978,16 +1010,19 @@ def measure_syscalls(target: Target, workdir: Path, seconds: float) -> dict:
 
 
 def main_syscalls(args: argparse.Namespace, workdir: Path) -> int:
-    """`profile --syscalls`: HAProxy (defaults, nbthread 1) and xmppgw (1 worker) under the
-    same stream-open load: user and kernel CPU µs per open (untraced) and system calls per
-    open by name (traced). Writes results/profiles/syscalls-per-open.txt."""
+    """`profile --syscalls`: HAProxy (defaults, nbthread N) and xmppgw (N workers, `--workers`,
+    default 1) under the same stream-open load: user and kernel CPU µs per open (untraced) and
+    system calls per open by name (traced); with `--quota shared|split` the proxy is under
+    the CPU quota of `--only scaling`. Writes results/profiles/syscalls-per-open[-N-workers]
+    [-quota-MODE].txt."""
     if shutil.which("strace") is None:
         raise SystemExit("strace is not installed (apt-get install strace)")
     seconds, rounds = args.seconds, args.rounds
     runs: dict[str, list[dict]] = {"haproxy": [], "xmppgw": []}
     quiet: list[float] = []
+    workers = args.workers
     with contextlib.ExitStack() as stack:
-        setup = Setup(workdir, 1, False, stack)
+        setup = Setup(workdir, workers, workers > 1, stack)
         setup.backends(bulk=False)
         targets = [Target("haproxy", HAPROXY_HOST, setup.haproxy(HAPROXY_HOST, ["xmpp"])),
                    Target("xmppgw", XMPPGW_HOST, setup.xmppgw(XMPPGW_HOST, ["xmpp"]))]
@@ -995,16 +1030,19 @@ def main_syscalls(args: argparse.Namespace, workdir: Path) -> int:
         for r in range(rounds):
             quiet.append(background_busy())
             for t in targets if r % 2 == 0 else targets[::-1]:
-                out = measure_syscalls(t, workdir, seconds)
+                with under_quota(t.proc.pid, workers, args.quota):
+                    out = measure_syscalls(t, workdir, seconds)
                 runs[t.name].append(out)
                 log(f"round {r + 1}/{rounds} {t.name}: {out['rate']:,.0f} opens/s untraced, "
                     f"{out['user_us']:.0f} µs user + {out['sys_us']:.0f} µs kernel per open; "
                     f"traced {out['traced_rate']:,.0f} opens/s, "
                     f"{sum(out['calls'].values()) / max(out['accepted'], 1):.1f} syscalls "
                     f"per accepted connection")
-    text = syscalls_text(runs, quiet, seconds)
+    text = syscalls_text(runs, quiet, seconds, workers, args.quota)
     (RESULTS / "profiles").mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "profiles" / "syscalls-per-open.txt"
+    name = "syscalls-per-open" + (f"-{workers}-workers" if workers > 1 else "") + (
+        f"-quota-{args.quota}" if args.quota != "free" else "")
+    path = RESULTS / "profiles" / f"{name}.txt"
     path.write_text(text)
     print(text)
     left = leftovers(workdir)
@@ -1012,7 +1050,8 @@ def main_syscalls(args: argparse.Namespace, workdir: Path) -> int:
     return 0 if not left else 1
 
 
-def syscalls_text(runs: dict[str, list[dict]], quiet: list[float], seconds: float) -> str:
+def syscalls_text(runs: dict[str, list[dict]], quiet: list[float], seconds: float,
+                  workers: int = 1, mode: str = "free") -> str:
     """The report: CPU split per open (median over rounds), then system calls per open by
     name (all traced rounds pooled, per accepted connection), HAProxy beside xmppgw."""
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -1027,8 +1066,11 @@ def syscalls_text(runs: dict[str, list[dict]], quiet: list[float], seconds: floa
     names = sorted(set(per_open["haproxy"]) | set(per_open["xmppgw"]),
                    key=lambda n: -(per_open["xmppgw"].get(n, 0) + per_open["haproxy"].get(n, 0)))
     lines = [
-        (f"# System calls and CPU per stream open: HAProxy (defaults, nbthread 1) and xmppgw "
-        f"{version['commit']}{' (modified)' if version['modified'] else ''} (1 worker), {now}"),
+        (f"# System calls and CPU per stream open: HAProxy (defaults, nbthread {workers}) and "
+         f"xmppgw {version['commit']}{' (modified)' if version['modified'] else ''} "
+         f"({workers} worker{'s' if workers > 1 else ''}), {now}"
+         + (f"; each worker under a {QUOTA_CORES}-core CPU quota ({mode})"
+            if mode != "free" else "")),
         (f"# {m['nproc']} x {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
         f"uvloop {m['uvloop']}, {' '.join((m['haproxy'] or '?').split()[:3])}"),
         (f"# load: bench.py's stream-open load ({HANDSHAKE_CLIENTS} clients over "
@@ -1040,7 +1082,8 @@ def syscalls_text(runs: dict[str, list[dict]], quiet: list[float], seconds: floa
         "traced process), divided by the opens the clients counted."),
         ("# System calls: `strace -c -f -p PID` over a second window, divided by the "
         "connections the proxy accepted while traced (successful accept/accept4 calls)."),
-        "# regenerate: python3 bench/bench.py profile --syscalls [--rounds 3] [--seconds 4]",
+        ("# regenerate: python3 bench/bench.py profile --syscalls [--rounds 3] [--seconds 4] "
+         "[--workers 2 --quota split]"),
         "",
         "## CPU per open, untraced (median over rounds)",
         "",
@@ -1233,6 +1276,9 @@ def main() -> int:
     parser.add_argument("--cprofile", action="store_true",
                         help="profile: cProfile instead of py-spy (call counts)")
     parser.add_argument("--label", default="latest", help="profile --cprofile: file name part")
+    parser.add_argument("--quota", choices=QUOTA_MODES, default="free",
+                        help=f"profile --syscalls: the proxy under a {QUOTA_CORES}-core quota "
+                             "per worker (shared or split, as --only scaling)")
     parser.add_argument("--syscalls", action="store_true",
                         help="profile: CPU µs and system calls per open, HAProxy and xmppgw "
                              "(results/profiles/syscalls-per-open.txt)")
