@@ -435,6 +435,8 @@ def quota_note() -> str:
     """Which quota method this machine gives, or why there is none."""
     try:
         version, base = quota.hierarchy()
+        with quota.groups(1):  # can we make (and remove) a group? root, a writable cgroupfs
+            pass
     except OSError as exc:
         return f"no CPU quota possible: {exc}"
     what = "cpu.max" if version == "v2" else "cpu.cfs_quota_us/cpu.cfs_period_us"

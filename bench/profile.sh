@@ -6,11 +6,18 @@
 #   bash bench/profile.sh [--seconds 10]
 #   bash bench/profile.sh --cprofile --label NAME   cProfile call counts and the CPU per open,
 #                                                   in bench/results/profiles/ (a busy machine)
+#   bash bench/profile.sh --syscalls [--rounds 3]   user/kernel µs and system calls per open,
+#                                                   HAProxy beside xmppgw (strace -c): bench/
+#                                                   results/profiles/syscalls-per-open.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 "$PY" -c 'import uvloop, structlog, xmppgw' 2>/dev/null || "$PY" -m pip install -e '.[fast]'
 command -v py-spy >/dev/null || "$PY" -m pip install py-spy
+if [[ " $* " == *" --syscalls "* ]]; then
+    command -v strace >/dev/null || apt-get install -y strace
+    command -v haproxy >/dev/null || apt-get install -y haproxy
+fi
 
 exec "$PY" bench/bench.py profile "$@"

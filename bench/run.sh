@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # xmppgw against HAProxy (TCP mode: its defaults, and at its best with splice-auto and tuned
 # buffers) and a direct connection, on loopback: bulk throughput, stream opens/s and per CPU-
-# second (STARTTLS and direct TLS, one worker and two), stanza round-trip latency, RSS per
+# second (STARTTLS and direct TLS, one worker and two, two also under a CPU quota per worker:
+# bench/quota.py, cgroups, needs root), stanza round-trip latency, RSS per
 # idle stream and per stream parked before STARTTLS. About 2 minutes a round.
 #
 #   bash bench/run.sh [--rounds 3] [--workers 1]
