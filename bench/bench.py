@@ -638,7 +638,7 @@ def summarize(runs: dict[str, dict[str, list[float]]]) -> dict:
         # The reference is HAProxy at its better: defaults or splice-auto and tuned buffers.
         known = [row[t] for t in ("haproxy", "haproxy_best") if row[t] is not None]
         row["reference"] = (min(known) if lower else max(known)) if known else None
-        if row["reference"] and row["xmppgw"] is not None:
+        if row["reference"] and row["xmppgw"] is not None and key != "budget_2w_quota":
             row["ratio"] = row["xmppgw"] / row["reference"]
         if key in SKIPPED:
             row["skipped"] = SKIPPED[key]
