@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="upgrade without dropping a stream: take the listening sockets of "
                      "the gateway running with this config (over its control socket), and "
                      "let it finish its streams (docs/upgrade.md)")
-    run.add_argument("--drain", type=float, metavar="SECONDS", default=None,
+    run.add_argument("--drain", type=drain_seconds, metavar="SECONDS", default=None,
                      help="how long a gateway taken over keeps its streams before it closes "
                      "them (cleartext ones get <system-shutdown/>): with --takeover, the "
                      "old gateway's; also what a successor started by SIGUSR2 is given; "
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             admin.add_argument("farm", help="the serverfarm")
         admin.add_argument("name", help=name_help)
         admin.add_argument("action", choices=["inservice", "no-inservice"])
-        admin.add_argument("--drain", type=float, metavar="SECONDS",
+        admin.add_argument("--drain", type=drain_seconds, metavar="SECONDS",
                            help="with no-inservice: close what is still open after SECONDS")
         admin.add_argument("-c", "--config", required=True, help="the running gateway's config")
     reload = sub.add_parser("reload", help="make a running gateway re-read its config "
@@ -92,6 +92,20 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
     from xmppgw.config.reference import write
 
     return write(args.output)
+
+
+def drain_seconds(text: str) -> float:
+    """argparse type of every `--drain`: a finite number of seconds, 0 or more. NaN or inf
+    would reach the drain timer (NaN closes at once) and the log (invalid JSON)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    return value
 
 
 def _load(path: str) -> configmod.Config | None:
@@ -236,15 +250,19 @@ def cmd_import_ios(args: argparse.Namespace) -> int:
     return 0
 
 
-def _control(config_path: str, payload: dict[str, object]) -> dict | None:
+def _control(config_path: str, payload: dict[str, object],
+             strict: bool = False) -> dict | None:
     """One request to the running gateway named by a config file; None (said why) if it
-    cannot be made or the gateway refused it."""
+    cannot be made or the gateway refused it.
+
+    Only `gateway.control_socket` is read. Unless `strict` (reload: the file is the new
+    config), a file with problems elsewhere still names the socket: an operator half-way
+    through an edit can look at the gateway and take a real out (a warning says so)."""
     from xmppgw.control.server import request
 
-    config = _load(config_path)
-    if config is None:
+    path = control_socket_of(config_path) if not strict else _strict_socket(config_path)
+    if path is None:
         return None
-    path = config.gateway.control_socket
     if not path:
         print(f"{config_path}: gateway.control_socket is not set", file=sys.stderr)
         return None
@@ -260,6 +278,40 @@ def _control(config_path: str, payload: dict[str, object]) -> dict | None:
     return reply
 
 
+def _strict_socket(config_path: str) -> str | None:
+    config = _load(config_path)
+    return None if config is None else config.gateway.control_socket or ""
+
+
+def control_socket_of(config_path: str) -> str | None:
+    """The `gateway.control_socket` of a config file ("" if not set), even when the file has
+    problems elsewhere: then one warning line on stderr says how many. None (the problems
+    printed) if the file cannot be read, is not TOML, or that value itself is bad."""
+    import tomllib
+
+    try:
+        config = configmod.load(config_path)
+    except configmod.ConfigError as exc:
+        problems = exc.problems
+    else:
+        return config.gateway.control_socket or ""
+    try:
+        with open(config_path, "rb") as f:
+            data = tomllib.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = None
+    gateway = data.get("gateway", {}) if data is not None else None
+    value = gateway.get("control_socket", "") if isinstance(gateway, dict) else None
+    if not isinstance(value, str):
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return None
+    print(f"xmppgw: warning: {config_path} has {len(problems)} "
+          f"problem{'s' if len(problems) != 1 else ''} (`xmppgw check -c {config_path}` "
+          "lists them); only its gateway.control_socket is used here", file=sys.stderr)
+    return value
+
+
 def cmd_real(args: argparse.Namespace) -> int:
     return _admin(args, {"command": "real", "farm": args.farm, "real": args.name})
 
@@ -270,8 +322,8 @@ def cmd_vserver(args: argparse.Namespace) -> int:
 
 def _admin(args: argparse.Namespace, payload: dict[str, object]) -> int:
     inservice = args.action == "inservice"
-    if args.drain is not None and (inservice or args.drain < 0):
-        print("xmppgw: --drain goes with no-inservice, as 0 or more seconds", file=sys.stderr)
+    if args.drain is not None and inservice:  # a usage error: argparse's exit status
+        print("xmppgw: --drain goes with no-inservice", file=sys.stderr)
         return 2
     reply = _control(args.config, {**payload, "inservice": inservice, "drain": args.drain})
     if reply is None:
@@ -286,7 +338,7 @@ def _admin(args: argparse.Namespace, payload: dict[str, object]) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    reply = _control(args.config, {"command": "reload"})
+    reply = _control(args.config, {"command": "reload"}, strict=True)
     if reply is None:
         print("xmppgw: not reloaded: the running gateway keeps its config", file=sys.stderr)
         return 1
@@ -397,9 +449,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from xmppgw.net.takeover import DEFAULT_DRAIN
 
     drain = DEFAULT_DRAIN if args.drain is None else args.drain
-    if drain < 0:
-        print("xmppgw: --drain must be 0 or more seconds", file=sys.stderr)
-        return 1
     if args.takeover and not config.gateway.control_socket:
         print(f"{args.config}: --takeover needs gateway.control_socket (the running gateway "
               "is asked for its sockets there)", file=sys.stderr)
