@@ -91,3 +91,39 @@ def test_reals_detail_shows_attempts_in_flight_against_max_connecting() -> None:
     rows = show.reals(snap, detail=True).splitlines()
     assert rows[0].split()[6] == "connecting"  # "server farm" is two words
     assert rows[2].split()[5] == "3/8"
+
+
+def draining_snapshot() -> dict:
+    snap = seed_snapshot()
+    snap["serverfarms"][0]["reals"][3].update(drain_end="2026-11-29T23:59:00Z",
+                                              drain_left=540.2, conns=4)
+    return snap
+
+
+def test_a_draining_real_shows_when_its_drain_ends() -> None:
+    """`no-inservice --drain 600`: the detail views say when the streams are closed."""
+    snap = draining_snapshot()
+    assert ("127.0.2.4, weight = 5, OUTOFSERVICE, conns = 4, drain ends "
+            "2026-11-29T23:59:00Z (in 540s)") in show.serverfarms_detail(snap).splitlines()
+    out = show.reals(snap, detail=True)
+    assert out.endswith("\ndraining:\n127.0.2.4 (XMPP): drain ends 2026-11-29T23:59:00Z "
+                        "(in 540s)\n")
+    assert "draining" not in show.reals(snap) and "drain" not in show.serverfarms(snap)
+    snap["serverfarms"][0]["reals"][3]["drain_left"] = 0.0
+    assert "drain ends 2026-11-29T23:59:00Z (ended)" in show.serverfarms_detail(snap)
+
+
+def test_the_gateway_view_reads_the_engines_drain_deadline() -> None:
+    """net/view.py turns the engine's deadline (loop clock) into the wall-clock end."""
+    from xmppgw.net.view import _drain
+
+    cfg = config.load(ROOT / "conf" / "seed.toml")
+    farm = Serverfarm(cfg.farm("XMPP"), 0.0)
+    real = farm.reals[0]
+    assert _drain(real, 100.0, 1_800_000_000.0) == {}
+    farm.set_inservice(real, False, 100.0, drain_timeout=600.0)
+    assert _drain(real, 160.0, 1_800_000_000.0) == {"drain_end": "2027-01-15T08:09:00Z",
+                                                     "drain_left": 540.0}
+    assert _drain(real, 900.0, 1_800_000_000.0)["drain_left"] == 0.0
+    farm.set_inservice(real, True, 1000.0)
+    assert _drain(real, 1000.0, 1_800_000_000.0) == {}

@@ -19,7 +19,8 @@ PROBE = {"type": "tcp", "implicit": False, "port": 5222, "verdict": "up", "last_
          "last_change_age": 4.2, "runs": 7}
 REAL = {"address": "127.0.2.1", "weight": 8, "state": "OPERATIONAL", "conns": 3,
         "connecting": 1, "max_connecting": 8, "total": 40, "failed_attempts": 2,
-        "reassigns": 1, "state_age": 12.5, "probes": [PROBE]}
+        "reassigns": 1, "state_age": 12.5, "drain_end": None, "drain_left": None,
+        "probes": [PROBE]}
 FARM = {"name": "XMPP", "predictor": "leastconns", "nat": "server", "virtuals_inservice": 2,
         "panic": False, "available": 1, "inservice": 1, "panic_threshold": 50, "queue": 0,
         "queued_total": 0, "queue_timeouts": 0, "reals": [REAL]}
@@ -62,3 +63,13 @@ def test_from_json_fills_what_an_older_shape_leaves_out() -> None:
     [(farm_snap, real_snap)] = snap.reals()
     assert not farm_snap.panic and farm_snap.queue == 0
     assert real_snap.probes == () and real_snap.connecting == real_snap.max_connecting == 0
+
+
+def test_a_draining_real_carries_its_drain_end_and_time_left() -> None:
+    real = {**REAL, "state": "OUTOFSERVICE", "drain_end": "2026-11-29T23:59:00Z",
+            "drain_left": 540.0}
+    snap = RealSnapshot.from_json(real)
+    assert (snap.drain_end, snap.drain_left) == ("2026-11-29T23:59:00Z", 540.0)
+    assert json.dumps(snap.to_json()) == json.dumps(real)
+    old = {k: v for k, v in REAL.items() if not k.startswith("drain")}  # an older gateway's
+    assert RealSnapshot.from_json(old).drain_end is None

@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from xmppgw.control.snapshot import FarmSnapshot, GatewaySnapshot, ProbeSnapshot, typed
+from xmppgw.control.snapshot import (
+    FarmSnapshot,
+    GatewaySnapshot,
+    ProbeSnapshot,
+    RealSnapshot,
+    typed,
+)
 
 Snapshot = GatewaySnapshot | dict[str, Any]
 
@@ -30,10 +36,16 @@ def serverfarms_detail(snapshot: Snapshot) -> str:
                   f"reals = {len(farm.reals)}, bind id = 0")
         lines = [head, counts, *_overload_lines(farm), "Real servers:"]
         lines += [f"{r.address}, weight = {r.weight}, {r.state}, conns = {r.conns}"
-                  for r in farm.reals]
+                  + (f", {drain_text(r)}" if r.drain_end else "") for r in farm.reals]
         lines.append(f"Total connections = {farm.conns}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def drain_text(real: RealSnapshot) -> str:
+    """`drain ends 2026-11-29T23:59:00Z (in 540s)`, or `... (ended)` once passed."""
+    left = real.drain_left or 0.0
+    return f"drain ends {real.drain_end} ({f'in {left:.0f}s' if left > 0 else 'ended'})"
 
 
 def _overload_lines(farm: FarmSnapshot) -> list[str]:
@@ -67,7 +79,8 @@ def reals(snapshot: Snapshot, detail: bool = False) -> str:
 
     With probes configured, detail adds a `probe` column (each probe's verdict and last
     round trip) and, under the table, the last error of every probe whose last run failed:
-    a real going PROBE_FAILED should say why without a trip to the log."""
+    a real going PROBE_FAILED should say why without a trip to the log. A real out of
+    service with `--drain` gets a line under the table saying when its streams close."""
     snap = typed(snapshot)
     probed = detail and any(r.probes for _, r in snap.reals())
     head = ("real", "server farm", "weight", "state", "conns")
@@ -77,6 +90,8 @@ def reals(snapshot: Snapshot, detail: bool = False) -> str:
         head += ("probe",)
     rows = [head]
     errors = []
+    drains = [f"{r.address} ({farm.name}): {drain_text(r)}"
+              for farm, r in snap.reals() if detail and r.drain_end]
     for farm, r in snap.reals():
         row = (r.address, farm.name, str(r.weight), r.state, str(r.conns))
         if detail:
@@ -90,6 +105,8 @@ def reals(snapshot: Snapshot, detail: bool = False) -> str:
                        for p in r.probes if p.last_result == "failed"]
         rows.append(row)
     table = _table(rows)
+    if drains:
+        table += "\ndraining:\n" + "".join(f"{line}\n" for line in drains)
     if not errors:
         return table
     return table + "\nprobe errors:\n" + "".join(f"{line}\n" for line in errors)

@@ -63,13 +63,18 @@ class RealSnapshot:
     connecting: int = 0  # attempts in flight (this worker)
     max_connecting: int = 0  # 0: no limit
     probes: tuple[ProbeSnapshot, ...] = ()
+    # Out of service with `--drain`: when its streams are closed (ISO 8601, UTC) and the
+    # seconds left until then (0 once passed); None when no drain is set.
+    drain_end: str | None = None
+    drain_left: float | None = None
 
     def to_json(self) -> Json:
         return {"address": self.address, "weight": self.weight, "state": self.state,
                 "conns": self.conns, "connecting": self.connecting,
                 "max_connecting": self.max_connecting, "total": self.total,
                 "failed_attempts": self.failed_attempts, "reassigns": self.reassigns,
-                "state_age": self.state_age, "probes": [p.to_json() for p in self.probes]}
+                "state_age": self.state_age, "drain_end": self.drain_end,
+                "drain_left": self.drain_left, "probes": [p.to_json() for p in self.probes]}
 
     @classmethod
     def from_json(cls, data: Json) -> RealSnapshot:
@@ -79,6 +84,7 @@ class RealSnapshot:
                    reassigns=data.get("reassigns", 0), state_age=data.get("state_age", 0.0),
                    connecting=data.get("connecting", 0),
                    max_connecting=data.get("max_connecting") or 0,
+                   drain_end=data.get("drain_end"), drain_left=data.get("drain_left"),
                    probes=tuple(ProbeSnapshot.from_json(p) for p in data.get("probes", [])))
 
 

@@ -5,7 +5,8 @@ shared table; vserver conns and `show conns` are this worker's."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from xmppgw.control.snapshot import (
     ConnSnapshot,
@@ -65,7 +66,17 @@ def _real(gw: GatewayCore, farm: Serverfarm, real: Real, now: float,
         max_connecting=real.config.max_connecting or farm.config.max_connecting,
         total=gw.counter(real, "total"), failed_attempts=gw.counter(real, "failed_attempts"),
         reassigns=gw.counter(real, "reassigns"), state_age=round(now - real.last_change, 3),
-        probes=probes)
+        probes=probes, **_drain(real, now, wall))
+
+
+def _drain(real: Real, now: float, wall: float) -> dict[str, Any]:
+    """The drain of a real out of service (`no-inservice --drain`): its end on the wall
+    clock and the seconds left. The engine's deadline is on the loop clock `now`."""
+    if real.inservice or real.drain_deadline is None:
+        return {}
+    left = real.drain_deadline - now
+    end = datetime.fromtimestamp(wall + left, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"drain_end": end, "drain_left": round(max(0.0, left), 1)}
 
 
 def connections(gw: GatewayCore, now: float) -> tuple[ConnSnapshot, ...]:
