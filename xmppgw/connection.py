@@ -497,8 +497,14 @@ class ClientConnection:
             out.append(SendReal(self.committed, data))
 
     def client_eof(self, now: float) -> list[Command]:
-        """The client sent its FIN. Relaying: passed on to the real; connecting: passed on
-        after the replay; otherwise the connection closes (see KEEP_OPEN)."""
+        """The client sent its FIN. Relaying: passed on to the real; otherwise the
+        connection closes (see KEEP_OPEN).
+
+        Connecting (an attempt in flight, or queued for a slot): the client has left. An
+        XMPP stream needs both directions (RFC 6120 §4.4), so a client that ends its side
+        before any real answered will not read one; as HAProxy's `abortonclose`, it is not
+        kept in the queue nor opened on a real (`client-left`), and no real is judged by
+        it."""
         out: list[Command] = []
         self.client_fin = True
         phase = self.phase
@@ -509,23 +515,30 @@ class ClientConnection:
             self._close(out, now)
         elif phase in _RELAYING:
             self._half_close(REAL, out, now)
-        elif phase is not CONNECTING:
+        elif phase is CONNECTING:
+            self.error = "client-left"
+            self._close(out, now)
+        else:
             self._health_check(out)
             self._close(out, now)
         return self._timed(out)
 
     def client_lost(self, now: float) -> list[Command]:
-        """The client connection is gone (closed by either side, or reset)."""
+        """The client connection is gone (closed by either side, or reset); while
+        connecting, as its FIN: `client-left`, no verdict on any real."""
         out: list[Command] = []
         self.client_gone = True
         self.linger_at = None
         if self.phase is LINGERING:
             self.phase = CLOSED
         else:
+            if self.phase is CONNECTING:
+                self.error = "client-left"
             self._health_check(out)
             self._close(out, now)
         self._finish_if_done(out, now)
         return self._timed(out)
+
 
     # --- events: attempts (before the commit) ------------------------------------------
 
@@ -1023,9 +1036,7 @@ class ClientConnection:
             self.phase = CLEARTEXT_RELAY
         if early:
             self._from_real(early, out)
-        if self.client_fin:
-            self._half_close(REAL, out, now)
-        elif self.paused:
+        if self.paused:  # (a client FIN while connecting closed the connection instead)
             self.paused = False
             out.append(RESUME_CLIENT)
 

@@ -24,6 +24,7 @@ from xmppgw.wire.clienthello import alert_record
 
 VIP = "127.0.6.1"
 ECHO = "127.0.6.10"
+SILENT = "127.0.6.13"
 STREAMS = "{http://etherx.jabber.org/streams}"
 ERRORS = "{urn:ietf:params:xml:ns:xmpp-streams}"
 
@@ -79,10 +80,20 @@ virtual = "{VIP}:5229"
 accept_proxy = ["127.0.0.0/8"]
 serverfarm = "ECHO5222"
 
+[[vserver]]
+name = "SILENT"
+virtual = "{VIP}:5230"
+serverfarm = "SILENT"
+
 [[serverfarm]]
 name = "ECHO"
 [[serverfarm.real]]
 address = "{ECHO}"
+
+[[serverfarm]]
+name = "SILENT"  # a real whose kernel takes the connection and nobody answers
+[[serverfarm.real]]
+address = "{SILENT}:5222"
 
 [[serverfarm]]
 name = "ECHOBOTH"  # XML streams to :5222 (the real's port), direct TLS to :5223 (the default)
@@ -127,7 +138,15 @@ def echo() -> Iterator[tuple[EchoBackend, EchoBackend]]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, echo) -> Iterator[GatewayProcess]:
+def silent() -> Iterator[socket.socket]:
+    """A listening socket nobody accepts from: connects complete, no byte ever comes."""
+    sock = socket.create_server((SILENT, 5222), backlog=64)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, echo, silent) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(CONFIG, tmp_path_factory.mktemp("transport")).start()
     yield gw
     gw.stop()
@@ -324,6 +343,23 @@ def test_remote_connection_failed_when_no_real_answers(gateway: GatewayProcess) 
     assert {r["real"] for r in failures} >= {"127.0.6.11", "127.0.6.12"}
     assert {r["reason"] for r in failures} == {"Connection refused"}
 
+
+
+def test_a_client_that_leaves_while_connecting_is_let_go_at_once(
+        gateway: GatewayProcess) -> None:
+    """abortonclose: the client sends its header, then its FIN while the real has not
+    answered. It is closed at once (not after response_timeout), nothing is opened for it
+    later, and the silent real is not judged by it."""
+    with socket.create_connection((VIP, 5230), timeout=3) as sock:  # < response_timeout 5 s
+        sock.sendall(header())
+        time.sleep(0.3)  # connected to the silent real, waiting for its answer
+        sock.shutdown(socket.SHUT_WR)
+        assert read_to_eof(sock) == b""
+    record = gateway.wait_record(lambda r: r["vserver"] == "SILENT")
+    assert record["error"] == "client-left" and record["real"] is None
+    assert record["bytes_to_client"] == 0
+    time.sleep(0.5)
+    assert not [r for r in gateway.records("real_attempt_failed") if r["farm"] == "SILENT"]
 
 # --- direct TLS (XEP-0368) ---------------------------------------------------------------------
 

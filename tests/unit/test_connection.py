@@ -663,16 +663,35 @@ def test_client_reset_while_connecting_abandons_the_attempts() -> None:
     assert out[0] == CLOSE and out[-2:] == [DONE, SetTimer(None)]
     real = world.real(0)
     assert real.pending == 0 and real.failed_attempts == 0 and real.consecutive_failures == 0
-    assert conn.error is None
+    assert conn.error == "client-left"
 
 
-def test_client_fin_while_connecting_is_passed_on_after_the_commit() -> None:
+def test_client_fin_while_connecting_leaves_no_verdict_and_opens_nothing() -> None:
+    """abortonclose: the client ended its side before any real answered; the attempt in
+    flight is dropped unjudged, and nothing is opened on a real for it later."""
     world = World()
     conn = connecting(world)
-    assert conn.client_eof(0.15) == []
-    conn.attempt_connected(1, 0.2)
-    out = conn.attempt_data(1, SERVER_HEADER, 0.3)
-    assert out[:3] == [Relay(1), SendClient(SERVER_HEADER), HalfClose("real")]
+    out = conn.client_eof(0.15)
+    assert out[0] == CLOSE and conn.error == "client-left"
+    real = world.real(0)
+    assert real.pending == 0 and real.failed_attempts == 0 and real.consecutive_failures == 0
+    late = conn.attempt_connected(1, 0.2) + conn.attempt_data(1, SERVER_HEADER, 0.3)
+    assert not only(late, Relay, SendReal, SendClient, Dial)  # nothing opened for it
+    out = conn.client_lost(0.3)
+    record = next(c for c in out if isinstance(c, Log) and c.event == "connection")
+    assert record.fields["error"] == "client-left" and record.fields["real"] is None
+    assert real.pending == 0 and real.failed_attempts == 0
+
+
+def test_client_fin_while_queued_leaves_the_queue() -> None:
+    world = World(farm=farm_config(1, max_connecting=1, queue_timeout=3.0))
+    connecting(world)
+    waiting, _ = world.connection()
+    waiting.client_data(HEADER, 0.2)
+    assert world.farm.queue
+    out = waiting.client_eof(0.3)
+    assert out[0] == CLOSE and waiting.error == "client-left"
+    assert world.farm.next_waiter(0.4) is None  # not handed the next free slot
 
 
 def test_client_reading_pauses_past_the_connect_buffer() -> None:
