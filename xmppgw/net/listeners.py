@@ -97,9 +97,11 @@ class Listeners:
         else our own (with workers, one more SO_REUSEPORT socket in the vserver's group)."""
         sock = self.sockets.pop(vs.name, None) or listen_socket(
             vs.config, self.host.config.gateway.keepalive, reuse_port=self.reuse_port)
-        host = self.host
-        vs.server = await asyncio.get_running_loop().create_server(
-            lambda: ClientSession(host, vs), sock=sock, backlog=LISTEN_BACKLOG)
+        host, loop = self.host, asyncio.get_running_loop()
+        # The loop is handed to each session: asyncio.get_running_loop() costs a getpid(2)
+        # system call per call on Python 3.11 (its check for a fork).
+        vs.server = await loop.create_server(
+            lambda: ClientSession(host, vs, loop), sock=sock, backlog=LISTEN_BACKLOG)
         self.log.info("vserver_listening", vserver=vs.name, virtual=str(vs.config.virtual),
                       mode=vs.config.mode, serverfarm=vs.config.serverfarm)
 

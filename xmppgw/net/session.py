@@ -64,10 +64,11 @@ class ClientSession(asyncio.Protocol):
     __slots__ = ("conn", "direct", "host", "legs", "loop", "relay", "splice_wanted", "timer",
                  "timer_when", "transport", "upstream", "vserver")
 
-    def __init__(self, host: SessionHost, vserver: VserverHandle) -> None:
+    def __init__(self, host: SessionHost, vserver: VserverHandle,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.host = host
         self.vserver = vserver
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop or asyncio.get_running_loop()
         self.conn = ClientConnection(host, vserver, self, host.metrics is not None)
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamLeg | None = None
