@@ -41,6 +41,7 @@ from typing import Any
 import quota
 from common import (
     BACKEND_HOST,
+    FLOOR_HOST,
     HAPROXY_BEST_HOST,
     HAPROXY_HOST,
     PORTS,
@@ -293,6 +294,13 @@ class Setup:
         return self.stack.enter_context(running(
             [PY, "-m", "xmppgw", "run", "-c", str(cfg)], "xmppgw",
             [(host, PORTS[s]) for s in services], self.log(f"xmppgw-{host}"), env=_repo_env()))
+
+    def floor(self, host: str) -> subprocess.Popen:
+        """bench/floor.py on the xmpp port: the runtime's share of a stream open."""
+        return self.stack.enter_context(running(
+            [PY, str(BENCH / "floor.py"), f"{host}:{PORTS['xmpp']}",
+             f"{BACKEND_HOST}:{PORTS['xmpp']}"], "python floor", [(host, PORTS["xmpp"])],
+            self.log(f"floor-{host}")))
 
     def backends(self, bulk: bool = True) -> None:
         """The XMPP responder; with `bulk` also the bulk sink/source and iperf3 -s."""
@@ -1020,7 +1028,6 @@ def main_syscalls(args: argparse.Namespace, workdir: Path) -> int:
     if shutil.which("strace") is None:
         raise SystemExit("strace is not installed (apt-get install strace)")
     seconds, rounds = args.seconds, args.rounds
-    runs: dict[str, list[dict]] = {"haproxy": [], "xmppgw": []}
     quiet: list[float] = []
     workers = args.workers
     with contextlib.ExitStack() as stack:
@@ -1028,6 +1035,9 @@ def main_syscalls(args: argparse.Namespace, workdir: Path) -> int:
         setup.backends(bulk=False)
         targets = [Target("haproxy", HAPROXY_HOST, setup.haproxy(HAPROXY_HOST, ["xmpp"])),
                    Target("xmppgw", XMPPGW_HOST, setup.xmppgw(XMPPGW_HOST, ["xmpp"]))]
+        if workers == 1 and args.quota == "free":  # the floor is one process, unconstrained
+            targets.insert(1, Target("floor", FLOOR_HOST, setup.floor(FLOOR_HOST)))
+        runs: dict[str, list[dict]] = {t.name: [] for t in targets}
         run_json(["latency", "200", *(t.addr("xmpp") for t in targets)])  # warm
         for r in range(rounds):
             quiet.append(background_busy())
@@ -1067,6 +1077,7 @@ def syscalls_text(runs: dict[str, list[dict]], quiet: list[float], seconds: floa
         per_open[kind] = {n: sum(r["calls"].get(n, 0) for r in rs) / accepted for n in names}
     names = sorted(set(per_open["haproxy"]) | set(per_open["xmppgw"]),
                    key=lambda n: -(per_open["xmppgw"].get(n, 0) + per_open["haproxy"].get(n, 0)))
+    floor = "floor" in runs
     lines = [
         (f"# System calls and CPU per stream open: HAProxy (defaults, nbthread {workers}) and "
          f"xmppgw {version['commit']}{' (modified)' if version['modified'] else ''} "
@@ -1086,15 +1097,22 @@ def syscalls_text(runs: dict[str, list[dict]], quiet: list[float], seconds: floa
         "connections the proxy accepted while traced (successful accept/accept4 calls)."),
         ("# regenerate: python3 bench/bench.py profile --syscalls [--rounds 3] [--seconds 4] "
          "[--workers 2 --quota split]"),
+        *((("# floor: bench/floor.py, the least any Python/uvloop relay does for the same steps "
+           "(accept, read the header, connect, send it, relay the answer, pass the FIN on, "
+           "close, a log line): the runtime's share of an open; xmppgw - floor is xmppgw's "
+           "own work"),) if floor else ()),
         "",
         "## CPU per open, untraced (median over rounds)",
         "",
-        f"{'':<10}{'opens/s':>10}{'user µs':>10}{'kernel µs':>11}{'total µs':>10}",
+        (f"{'':<10}{'opens/s':>10}{'user µs':>10}{'kernel µs':>11}{'total µs':>10}"
+        f"{'opens per CPU-s / HAProxy':>27}"),
     ]
-    for kind in ("haproxy", "xmppgw"):
+    for kind in runs:
         x = med[kind]
+        total_us = x["user_us"] + x["sys_us"]
+        haproxy_us = med["haproxy"]["user_us"] + med["haproxy"]["sys_us"]
         lines.append(f"{kind:<10}{x['rate']:>10,.0f}{x['user_us']:>10.1f}{x['sys_us']:>11.1f}"
-                     f"{x['user_us'] + x['sys_us']:>10.1f}")
+                     f"{total_us:>10.1f}{haproxy_us / total_us:>27.2f}")
     lines += ["", "## rounds", ""]
     for kind, rs in runs.items():
         for r in rs:
@@ -1103,14 +1121,19 @@ def syscalls_text(runs: dict[str, list[dict]], quiet: list[float], seconds: floa
                 f"{r['sys_us']:6.1f} µs kernel; traced {r['traced_rate']:7,.0f} opens/s, "
                 f"{r['traced_opens']:7,.0f} opens counted, {r['accepted']:7,} accepted")
     total = {k: sum(v.values()) for k, v in per_open.items()}
+    if floor:
+        names = sorted(set(names) | set(per_open["floor"]),
+                       key=lambda n: -(per_open["xmppgw"].get(n, 0)
+                                       + per_open["haproxy"].get(n, 0)))
     lines += ["", "## system calls per open (per accepted connection, traced rounds pooled)",
-              "", f"{'syscall':<18}{'HAProxy':>9}{'xmppgw':>9}{'xmppgw - HAProxy':>18}"]
-    for n in names:
-        h, x = per_open["haproxy"].get(n, 0.0), per_open["xmppgw"].get(n, 0.0)
-        if h >= 0.005 or x >= 0.005:
-            lines.append(f"{n:<18}{h:>9.2f}{x:>9.2f}{x - h:>+18.2f}")
-    lines.append(f"{'total':<18}{total['haproxy']:>9.2f}{total['xmppgw']:>9.2f}"
-                 f"{total['xmppgw'] - total['haproxy']:>+18.2f}")
+              "", f"{'syscall':<18}{'HAProxy':>9}" + (f"{'floor':>9}" if floor else "")
+              + f"{'xmppgw':>9}{'xmppgw - HAProxy':>18}"]
+    for n in [*names, "total"]:
+        got = total if n == "total" else {k: v.get(n, 0.0) for k, v in per_open.items()}
+        h, x = got["haproxy"], got["xmppgw"]
+        if h >= 0.005 or x >= 0.005 or got.get("floor", 0.0) >= 0.005:
+            lines.append(f"{n:<18}{h:>9.2f}" + (f"{got['floor']:>9.2f}" if floor else "")
+                         + f"{x:>9.2f}{x - h:>+18.2f}")
     errs = {k: {n: sum(r["errors"].get(n, 0) for r in rs) /
                 (sum(r["accepted"] for r in rs) or 1)
                 for n in {n for r in rs for n in r["errors"]}} for k, rs in runs.items()}

@@ -17,6 +17,7 @@ HAPROXY_BEST_HOST = "127.0.8.5"  # HAProxy at its best: splicing on, tuned buffe
 # 127.0.8.6: bench.py profile's xmppgw without the profiler
 TWO_HAPROXY_HOST = "127.0.8.7"  # nbthread 2
 TWO_XMPPGW_HOST = "127.0.8.8"  # workers = 2
+FLOOR_HOST = "127.0.8.9"  # bench/floor.py: the least a Python/uvloop relay does per open
 
 # One port per service, the same on every target: target = (host, PORTS[service]).
 PORTS = {"xmpp": 5222, "xmpps": 5223, "sink": 5301, "source": 5302, "iperf": 5201}
