@@ -23,7 +23,7 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
 
 def test_a_misspelt_key_gets_a_suggestion() -> None:
     [problem] = refused(MINIMAL.replace('name = "F"', 'name = "F"\nmax_conecting = 4'))
-    assert problem.startswith("test.toml:11: serverfarm[0].max_conecting: unknown key (known "
+    assert problem.startswith("test.toml:11: serverfarm[0] (F).max_conecting: unknown key (known "
                               "here: ")
     assert problem.endswith("; did you mean 'max_connecting'?")
     [problem] = refused(MINIMAL.replace('address = "127.0.0.2"',

@@ -54,7 +54,7 @@ def test_defaults() -> None:
 def test_unknown_key_names_file_line_and_path() -> None:
     text = MINIMAL.replace('address = "127.0.0.2"', 'address = "127.0.0.2"\nwieght = 3')
     [problem] = refused(text)
-    assert problem.startswith("test.toml:14: serverfarm[0].real[0].wieght: unknown key")
+    assert problem.startswith("test.toml:14: serverfarm[0] (F).real[0].wieght: unknown key")
     assert "weight" in problem  # the known keys are listed
 
 
@@ -75,8 +75,8 @@ def test_bad_key_in_an_inline_real_names_that_reals_line() -> None:
     weight = 1 + next(i for i, line in enumerate(lines) if "weight = 0" in line)
     assert lines[12 - 1] == "real = ["  # the array opens on line 12, the reals follow it
     problems = refused(INLINE_REALS)
-    assert problems[0].startswith(f"test.toml:{second}: serverfarm[0].real[1].wieght: unknown key")
-    assert problems[1] == f"test.toml:{weight}: serverfarm[0].real[2].weight: must be at least 1"
+    assert problems[0].startswith(f"test.toml:{second}: serverfarm[0] (F).real[1].wieght: unknown key")
+    assert problems[1] == f"test.toml:{weight}: serverfarm[0] (F).real[2].weight: must be at least 1"
     assert (second, weight) == (14, 15)
 
 
@@ -121,13 +121,13 @@ def test_the_integration_tests_config_builder_writes_what_it_is_given() -> None:
 
 def test_wrong_type() -> None:
     [problem] = refused(MINIMAL.replace('name = "F"\n\n[[', 'name = "F"\npredictor = 3\n\n[['))
-    assert problem == ("test.toml:11: serverfarm[0].predictor: must be a string, "
+    assert problem == ("test.toml:11: serverfarm[0] (F).predictor: must be a string, "
                        "not an integer (3)")
 
 
 def test_bool_is_not_an_integer() -> None:
     [problem] = refused(MINIMAL + "weight = true\n")
-    assert "serverfarm[0].real[0].weight: must be an integer, not a boolean" in problem
+    assert "serverfarm[0] (F).real[0].weight: must be an integer, not a boolean" in problem
 
 
 def test_missing_serverfarm() -> None:
@@ -144,7 +144,7 @@ serverfarm = "F"
 """ + '\n[[serverfarm.real]]\naddress = "127.0.0.2"\n'
     problems = refused(text)
     assert "test.toml:17: vserver[1].virtual: duplicate virtual address 127.0.0.1:5222" in problems
-    assert any(p.startswith("test.toml:21: serverfarm[0].real[1].address: duplicate address")
+    assert any(p.startswith("test.toml:21: serverfarm[0] (F).real[1].address: duplicate address")
                for p in problems), problems
 
 
@@ -180,7 +180,7 @@ def test_mode_both_and_the_direct_tls_ports() -> None:
                                                                 ("127.0.0.3", 5999)]
     assert config.loads(MINIMAL).serverfarms[0].directtls_port == 5223
     [problem] = refused(MINIMAL.replace('name = "F"\n', 'name = "F"\ndirecttls_port = 0\n'))
-    assert "serverfarm[0].directtls_port: 0 is not a port" in problem
+    assert "serverfarm[0] (F).directtls_port: 0 is not a port" in problem
     [problem] = refused(MINIMAL.replace('serverfarm = "F"\n', 'serverfarm = "F"\n'
                                         'mode = "directtls"\nrequire_starttls = true\n', 1))
     assert "require_starttls" in problem
@@ -417,7 +417,7 @@ def test_a_real_given_as_a_string_is_told_the_whole_table_header() -> None:
     text = MINIMAL.replace('[[serverfarm.real]]\naddress = "127.0.0.2"\n',
                            'real = "127.0.0.2"\n')
     problems = refused(text)
-    assert any("serverfarm[0].real: must be an array of tables ([[serverfarm.real]])" in p
+    assert any("serverfarm[0] (F).real: must be an array of tables ([[serverfarm.real]])" in p
                for p in problems), problems
 
 
@@ -426,7 +426,7 @@ def test_a_duplicate_real_is_reported_at_its_own_index_after_an_invalid_one() ->
                            'real = [{address = "127.0.0.2"}, {address = "bogus"}, '
                            '{address = "127.0.0.2"}]\n')
     problems = refused(text)
-    assert any("serverfarm[0].real[2].address: duplicate address 127.0.0.2" in p
+    assert any("serverfarm[0] (F).real[2].address: duplicate address 127.0.0.2" in p
                for p in problems), problems
     assert not any("real[1].address: duplicate" in p for p in problems), problems
 

@@ -48,11 +48,11 @@ def test_overrides() -> None:
 
 
 @pytest.mark.parametrize("farm, real, message", [
-    ("panic_threshold = 150", "", ("test.toml:11: serverfarm[0].panic_threshold: must be a "
+    ("panic_threshold = 150", "", ("test.toml:11: serverfarm[0] (F).panic_threshold: must be a "
                                    "percentage, 0 (off) to 100")),
-    ("max_connecting = -1", "", "test.toml:11: serverfarm[0].max_connecting: must be at least 0"),
-    ("queue_timeout = -1", "", "test.toml:11: serverfarm[0].queue_timeout: must be 0 (off) or more"),
-    ("", "max_connecting = \"many\"", ("test.toml:14: serverfarm[0].real[0].max_connecting: "
+    ("max_connecting = -1", "", "test.toml:11: serverfarm[0] (F).max_connecting: must be at least 0"),
+    ("queue_timeout = -1", "", "test.toml:11: serverfarm[0] (F).queue_timeout: must be 0 (off) or more"),
+    ("", "max_connecting = \"many\"", ("test.toml:14: serverfarm[0] (F).real[0].max_connecting: "
                                        "must be an integer, not a string ('many')")),
 ])
 def test_bad_values_name_file_line_and_key(farm: str, real: str, message: str) -> None:

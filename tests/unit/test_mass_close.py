@@ -339,9 +339,9 @@ def test_config_defaults_and_overrides() -> None:
 
 
 @pytest.mark.parametrize("line, message", [
-    ("mass_close_streams = -1", "serverfarm[0].mass_close_streams: must be at least 0"),
-    ("mass_close_share = 101", "serverfarm[0].mass_close_share: must be a percentage"),
-    ("mass_close_window = 0", "serverfarm[0].mass_close_window: must be greater than 0"),
+    ("mass_close_streams = -1", "serverfarm[0] (F).mass_close_streams: must be at least 0"),
+    ("mass_close_share = 101", "serverfarm[0] (F).mass_close_share: must be a percentage"),
+    ("mass_close_window = 0", "serverfarm[0] (F).mass_close_window: must be greater than 0"),
 ])
 def test_config_bad_values(line: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:

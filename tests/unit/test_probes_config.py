@@ -132,31 +132,31 @@ domain = "example.test"
 kind = "s2s"
 """ + REALS
     assert refused(text) == [
-        "test.toml:10: serverfarm[0].probe[0].type: must be one of tcp, xmpp-stream, xmpp-ping",
-        "test.toml:14: serverfarm[0].probe[1].fall: must be at least 1",
-        "test.toml:15: serverfarm[0].probe[1].port: 70000 is not a port (1-65535)",
-        "test.toml:12: serverfarm[0].probe[1].domain: is required for type = \"xmpp-stream\"",
-        "test.toml:19: serverfarm[0].probe[2].jid: 'probe' is not a jid of the form user@domain",
-        ("test.toml:20: serverfarm[0].probe[2].persistent: must be true or false, "
-         "not a string ('yes')"),
-        ("test.toml:17: serverfarm[0].probe[2].password_file: is required for "
+        "test.toml:10: serverfarm[0] (F).probe[0].type: must be one of tcp, xmpp-stream, xmpp-ping",
+        "test.toml:12: serverfarm[0] (F).probe[1].domain: is required for type = \"xmpp-stream\"",
+        "test.toml:14: serverfarm[0] (F).probe[1].fall: must be at least 1",
+        "test.toml:15: serverfarm[0] (F).probe[1].port: 70000 is not a port (1-65535)",
+        ("test.toml:17: serverfarm[0] (F).probe[2].password_file: is required for "
          "type = \"xmpp-ping\" (or give password)"),
-        "test.toml:25: serverfarm[0].probe[3].kind: applies only to type = \"xmpp-stream\"",
-        ("test.toml:24: serverfarm[0].probe[3].domain: applies only to type = \"xmpp-stream\" "
+        "test.toml:19: serverfarm[0] (F).probe[2].jid: 'probe' is not a jid of the form user@domain",
+        ("test.toml:20: serverfarm[0] (F).probe[2].persistent: must be true or false, "
+         "not a string ('yes')"),
+        ("test.toml:24: serverfarm[0] (F).probe[3].domain: applies only to type = \"xmpp-stream\" "
          "or \"xmpp-ping\""),
-    ]
+        "test.toml:25: serverfarm[0] (F).probe[3].kind: applies only to type = \"xmpp-stream\"",
+    ]  # in line order
 
 
 def test_unknown_probe_key_lists_the_known_ones() -> None:
     [problem] = refused(HEAD + '[[serverfarm.probe]]\ntype = "tcp"\nintervall = 2\n' + REALS)
-    assert problem.startswith("test.toml:10: serverfarm[0].probe[0].intervall: unknown key")
+    assert problem.startswith("test.toml:10: serverfarm[0] (F).probe[0].intervall: unknown key")
     assert "interval" in problem and "password_file" in problem
 
 
 def test_a_real_probe_is_checked_like_a_farm_probe() -> None:
     text = HEAD + REALS + '[[serverfarm.real.probe]]\ntype = "xmpp-stream"\n'
     assert refused(text) == [
-        ("test.toml:14: serverfarm[0].real[1].probe[0].domain: is required for "
+        ("test.toml:14: serverfarm[0] (F).real[1].probe[0].domain: is required for "
          "type = \"xmpp-stream\"")]
 
 
@@ -164,16 +164,16 @@ def test_password_sources(tmp_path: Path, secret: Path) -> None:
     ping = HEAD + '[[serverfarm.probe]]\ntype = "xmpp-ping"\njid = "probe@example.test"\n'
     both = ping + f'password = "x"\npassword_file = "{secret}"\n' + REALS
     assert refused(both) == [
-        ("test.toml:12: serverfarm[0].probe[0].password_file: give password or password_file, "
+        ("test.toml:12: serverfarm[0] (F).probe[0].password_file: give password or password_file, "
          "not both")]
     missing = tmp_path / "nope.secret"
     assert refused(ping + f'password_file = "{missing}"\n' + REALS) == [
-        (f"test.toml:11: serverfarm[0].probe[0].password_file: cannot read {missing}: "
+        (f"test.toml:11: serverfarm[0] (F).probe[0].password_file: cannot read {missing}: "
          "No such file or directory")]
     empty = tmp_path / "empty.secret"
     empty.write_text("\n")
     assert refused(ping + f'password_file = "{empty}"\n' + REALS) == [
-        f"test.toml:11: serverfarm[0].probe[0].password_file: {empty} is empty"]
+        f"test.toml:11: serverfarm[0] (F).probe[0].password_file: {empty} is empty"]
     [inline] = probes_of(ping + 'password = "inline-pw"\n' + REALS)
     assert inline.password == "inline-pw"
 
@@ -184,7 +184,7 @@ def test_the_password_never_shows(secret: Path) -> None:
     assert "s3cret-pw" not in repr(checked(HEAD + ISSUE_FORM.format(secret=secret) + REALS))
     ping = HEAD + '[[serverfarm.probe]]\ntype = "xmpp-ping"\njid = "probe@example.test"\n'
     [problem] = refused(ping + "password = 8675309\n" + REALS)
-    assert problem == ("test.toml:11: serverfarm[0].probe[0].password: must be a string, "
+    assert problem == ("test.toml:11: serverfarm[0] (F).probe[0].password: must be a string, "
                        "not an integer")
     assert "8675309" not in problem
 
@@ -193,7 +193,7 @@ def test_tls_ca_file_must_exist(tmp_path: Path) -> None:
     text = HEAD + ('[[serverfarm.probe]]\ntype = "xmpp-ping"\njid = "probe@example.test"\n'
                    f'password = "x"\ntls_ca_file = "{tmp_path}/ca.pem"\n') + REALS
     assert refused(text) == [
-        f"test.toml:12: serverfarm[0].probe[0].tls_ca_file: {tmp_path}/ca.pem: no such file"]
+        f"test.toml:12: serverfarm[0] (F).probe[0].tls_ca_file: {tmp_path}/ca.pem: no such file"]
 
 
 def test_loads_reads_no_file_and_resolve_does(tmp_path: Path, secret: Path) -> None:
@@ -210,8 +210,8 @@ def test_loads_reads_no_file_and_resolve_does(tmp_path: Path, secret: Path) -> N
     with pytest.raises(ConfigError) as info:
         config.resolve(parsed)
     assert info.value.problems == [
-        f"test.toml:12: serverfarm[0].probe[0].tls_ca_file: {tmp_path}/ca.pem: no such file",
-        (f"test.toml:11: serverfarm[0].probe[0].password_file: cannot read {missing}: "
+        f"test.toml:12: serverfarm[0] (F).probe[0].tls_ca_file: {tmp_path}/ca.pem: no such file",
+        (f"test.toml:11: serverfarm[0] (F).probe[0].password_file: cannot read {missing}: "
          "No such file or directory")]
     # Once the file exists, the same parsed config resolves: loads looked at nothing.
     missing.write_text("late-pw\n")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any
 
-from xmppgw.config.locator import KeyPath, Locator, problem, where
+from xmppgw.config.locator import KeyPath, Locator, Names, farm_names, problem, where
 from xmppgw.config.model import (
     IMPLICIT_PROBE,
     KINDS,
@@ -62,10 +62,10 @@ def loads(text: str, path: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
-    ctx = _Context(path, text)
+    ctx = _Context(path, text, farm_names(data.get("serverfarm")))
     config = _build(ctx, data)
-    if ctx.problems:
-        raise ConfigError(ctx.problems)
+    if ctx.found:
+        raise ConfigError(ctx.messages())
     return config
 
 
@@ -85,17 +85,24 @@ class _Context:
     """Collects problems, each placed at a line of the source by its key path, and the
     values `resolve` must look up on this machine."""
 
-    def __init__(self, path: str, text: str) -> None:
+    def __init__(self, path: str, text: str, names: Names) -> None:
         self.path = path
         self.locator = Locator(text)
-        self.problems: list[str] = []
+        self.names = names
+        self.found: list[tuple[int, KeyPath, str]] = []  # (line or 0, key path, message)
         self.external: list[ExternalRef] = []
 
     def where(self, keypath: KeyPath) -> str:
         return where(self.path, self.locator.line_of(keypath))
 
     def error(self, keypath: KeyPath, message: str) -> None:
-        self.problems.append(problem(self.where(keypath), keypath, message))
+        self.found.append((self.locator.line_of(keypath) or 0, keypath, message))
+
+    def messages(self) -> list[str]:
+        """Every problem as `file:line: key.path: message`, in line order (those of the
+        whole file, with no line, first), as an operator reads the file top to bottom."""
+        return [problem(where(self.path, line), keypath, message, self.names)
+                for line, keypath, message in sorted(self.found, key=lambda f: f[0])]
 
     def refer(self, kind: str, value: str | None, keypath: KeyPath) -> str | None:
         """Note a value for `resolve` (kind: "group", "file" or "secret"); returns it."""
@@ -247,10 +254,6 @@ def _one_of(choices: Iterable[str]) -> Callable[[str], str | None]:
                           + did_you_mean(value, choices))
 
 
-def _strings(value: list[Any]) -> str | None:
-    return None if all(isinstance(v, str) for v in value) else "must be an array of strings"
-
-
 _DOMAIN_RE = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
 
 
@@ -258,8 +261,22 @@ def _domain_check(value: str) -> str | None:
     return None if _DOMAIN_RE.match(value.lower()) else f"{value!r} is not a domain name or *.suffix"
 
 
-def _domains(value: list[Any]) -> str | None:
-    return _strings(value) or next((p for p in map(_domain_check, value) if p), None)
+def _each(s: _Section, key: str, default: list[str],
+          check: Callable[[str], str | None] | None = None) -> list[str]:
+    """An array of strings, each element checked on its own: every bad one is reported at
+    its index and its own line (`gateway.domains[2]`), not only the first at the key."""
+    good = []
+    for i, value in enumerate(s.get(key, list, default)):
+        if not isinstance(value, str):
+            s.ctx.error(s.keypath + (key, i), f"must be a string, not {_type_name(value)} "
+                        f"({value!r})")
+            continue
+        problem = check(value) if check else None
+        if problem:
+            s.ctx.error(s.keypath + (key, i), problem)
+            continue
+        good.append(value)
+    return good
 
 
 def _address(section: _Section, key: str, need_port: bool) -> Address | None:
@@ -332,7 +349,7 @@ def _gateway(s: _Section) -> GatewayConfig:
         name=s.get("name", str, d.name, _domain_check),
         control_socket=s.get("control_socket", str, d.control_socket),
         domains=tuple(dict.fromkeys(  # names are case-insensitive: one entry each
-            x.lower() for x in s.get("domains", list, list(d.domains), _domains))),
+            x.lower() for x in _each(s, "domains", list(d.domains), _domain_check))),
         header_timeout=s.get("header_timeout", float, d.header_timeout, _positive),
         max_header_bytes=s.get("max_header_bytes", int, d.max_header_bytes, _at_least(256)),
         max_hello_bytes=s.get("max_hello_bytes", int, d.max_hello_bytes, _at_least(512)),
@@ -537,10 +554,8 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
             r.ctx.error(r.keypath, "a route needs `kind`, `domain` or both")
         routes.append(route)
     d = _defaults(VserverConfig)
-    kinds = s.get("kinds", list, list(d.kinds),
-                  lambda v: _strings(v) or next((f"unknown kind {k!r} (known: {', '.join(KINDS)})"
-                                                 + did_you_mean(k, KINDS)
-                                                 for k in v if k not in KINDS), None))
+    kinds = _each(s, "kinds", list(d.kinds), lambda k: None if k in KINDS else (
+        f"unknown kind {k!r} (known: {', '.join(KINDS)})" + did_you_mean(k, KINDS)))
     vserver = VserverConfig(
         name=s.get("name", str, check=_name),
         virtual=_address(s, "virtual", need_port=True),  # type: ignore[arg-type]
@@ -572,7 +587,10 @@ def _vserver(s: _Section, gateway: GatewayConfig) -> VserverConfig | None:
 def _networks(s: _Section, key: str) -> tuple[Any, ...]:
     """`["10.0.0.0/8", "::1"]`: the sources a PROXY header is believed from."""
     networks = []
-    for i, text in enumerate(s.get(key, list, [], _strings)):
+    for i, text in enumerate(s.get(key, list, [])):
+        if not isinstance(text, str):
+            s.ctx.error(s.keypath + (key, i), f"must be a string, not {_type_name(text)}")
+            continue
         try:
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
@@ -598,9 +616,9 @@ def _srv_services(s: _Section) -> tuple[str, ...] | None:
     if "srv" not in s.data:
         s.used.add("srv")
         return None
-    value = s.get("srv", list, [], lambda v: _strings(v) or next(
-        (f"unknown service {x!r} (known: {', '.join(SRV_SERVICES)})"
-         + did_you_mean(x, SRV_SERVICES) for x in v if x not in SRV_SERVICES), None))
+    value = _each(s, "srv", [], lambda x: None if x in SRV_SERVICES else (
+        f"unknown service {x!r} (known: {', '.join(SRV_SERVICES)})"
+        + did_you_mean(x, SRV_SERVICES)))
     return tuple(value)
 
 
@@ -612,7 +630,7 @@ def _srv(s: _Section, gateway: GatewayConfig) -> SrvConfig | None:
     if not s.ok:
         return None
     default_zones = [d for d in gateway.domains if not d.startswith("*.")]
-    zones = [z.lower().rstrip(".") for z in s.get("zones", list, default_zones, _domains)]
+    zones = [z.lower().rstrip(".") for z in _each(s, "zones", default_zones, _domain_check)]
     if not zones:
         s.ctx.error(s.keypath + ("zones",), "is required when gateway.domains names no domain")
     hosts = s.sub("real_hosts")
@@ -655,9 +673,7 @@ def _srv(s: _Section, gateway: GatewayConfig) -> SrvConfig | None:
         publish_reals=s.get("publish_reals", bool, d.publish_reals),
         real_priority=s.get("real_priority", int, d.real_priority, _uint16),
         real_hosts=tuple(real_hosts),
-        ns=tuple(n.lower().rstrip(".") for n in s.get(
-            "ns", list, list(d.ns),
-            lambda v: _strings(v) or next((p for p in map(_fqdn, v) if p), None))),
+        ns=tuple(n.lower().rstrip(".") for n in _each(s, "ns", list(d.ns), _fqdn)),
         update=update,
     )
     s.done()
@@ -677,7 +693,10 @@ def _uint16(value: int) -> str | None:
 
 def _ip_list(s: _Section, key: str) -> list[str]:
     out = []
-    for i, text in enumerate(s.get(key, list, [], _strings)):
+    for i, text in enumerate(s.get(key, list, [])):
+        if not isinstance(text, str):
+            s.ctx.error(s.keypath + (key, i), f"must be a string, not {_type_name(text)}")
+            continue
         try:
             out.append(str(ipaddress.ip_address(text)))
         except ValueError:

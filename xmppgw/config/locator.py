@@ -14,11 +14,33 @@ from typing import Any
 KeyPath = tuple[str | int, ...]
 
 
-def format_keypath(keypath: KeyPath) -> str:
+Names = dict[KeyPath, str]  # ("serverfarm", 1) -> "XMPP": a table's name, where known
+
+
+def format_keypath(keypath: KeyPath, names: Names | None = None) -> str:
+    """`serverfarm[1] (XMPP).real[0].weight`: indexes as in the file, a farm's name after
+    its index when `names` knows it (an operator thinks of farms by name)."""
     out = ""
-    for part in keypath:
+    for n, part in enumerate(keypath):
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        name = (names or {}).get(keypath[:n + 1])
+        if isinstance(part, int) and name:
+            out += f" ({name})"
     return out or "(top level)"
+
+
+def farm_names(farms: Any) -> Names:
+    """`format_keypath`'s names for the serverfarms: each one's `name` where it is a string.
+    `farms` is the TOML's `serverfarm` array (dicts) or the Config's farms."""
+    if not isinstance(farms, (list, tuple)):
+        return {}
+    out: Names = {}
+    for i, farm in enumerate(farms):
+        name = farm.get("name") if isinstance(farm, dict) else getattr(farm, "name", None)
+        if isinstance(name, str) and name and all(c.isprintable() and not c.isspace()
+                                                  for c in name):
+            out[("serverfarm", i)] = name
+    return out
 
 
 def where(path: str, line: int | None) -> str:
@@ -26,8 +48,8 @@ def where(path: str, line: int | None) -> str:
     return f"{path}:{line}" if line else path
 
 
-def problem(where_: str, keypath: KeyPath, message: str) -> str:
-    return f"{where_}: {format_keypath(keypath)}: {message}"
+def problem(where_: str, keypath: KeyPath, message: str, names: Names | None = None) -> str:
+    return f"{where_}: {format_keypath(keypath, names)}: {message}"
 
 
 class Locator:
@@ -49,12 +71,16 @@ class Locator:
             pass  # not TOML after all (tomllib accepted it, so never in practice)
 
     def line_of(self, keypath: KeyPath) -> int | None:
-        """The line that best matches: the key itself, else its nearest enclosing table."""
+        """The line that best matches: the key itself, else its nearest enclosing table,
+        else the first line inside it (`[[gateway]]` for "gateway" written as an array)."""
         best, best_len = None, 0
         for number, path in self.lines:
             n = _common_prefix(path, keypath)
             if n == len(path) and n > best_len:
                 best, best_len = number, n
+        if best is None and keypath:
+            best = next((number for number, path in self.lines
+                         if path[:len(keypath)] == keypath), None)
         return best
 
 

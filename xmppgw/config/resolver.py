@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xmppgw.config.loader import loads
-from xmppgw.config.locator import KeyPath, problem
+from xmppgw.config.locator import KeyPath, farm_names, problem
 from xmppgw.config.model import Config, ConfigError, ExternalRef
 
 
@@ -24,12 +24,23 @@ def load(path: str | Path) -> Config:
     """Read, validate and resolve a config file; raises ConfigError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
+        raise ConfigError([not_utf8(str(path), raw, exc)]) from None
     return resolve(loads(text, str(path)))
+
+
+def not_utf8(path: str, raw: bytes, exc: UnicodeDecodeError) -> str:
+    """`file:line: not UTF-8 text: invalid start byte 0xff at byte 812 (column 5)`: where
+    the first byte that is not UTF-8 sits, so an editor can go to it."""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+    return (f"{path}:{line}: not UTF-8 text: {exc.reason} 0x{raw[exc.start]:02x} at byte "
+            f"{exc.start} (column {column})")
 
 
 def resolve(config: Config) -> Config:
@@ -37,10 +48,11 @@ def resolve(config: Config) -> Config:
 
     Raises ConfigError with every problem found."""
     problems: list[str] = []
+    names = farm_names(config.serverfarms)
     for ref in config.external:
         message, secret = _check(ref)
         if message is not None:
-            problems.append(problem(ref.where, ref.keypath, message))
+            problems.append(problem(ref.where, ref.keypath, message, names))
         elif secret is not None:
             config = _set_password(config, ref.keypath[:-1], secret)
     if problems:
