@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +82,29 @@ async def test_a_conversation_owns_its_connection(short_dir: Path) -> None:
         assert steps == ["takeover", "release"]
     finally:
         await control.stop()
+
+
+def test_a_gateway_that_accepts_but_does_not_answer_is_named_so(short_dir: Path) -> None:
+    """A stopped gateway: the kernel completes the connection (its backlog), nobody answers.
+    The client says it connected, and how long it waited, rather than "timed out"."""
+    path = short_dir / "stopped.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stopped:
+        stopped.bind(str(path))
+        stopped.listen()
+        with pytest.raises(TimeoutError) as caught:
+            request(str(path), {"command": "show"}, timeout=0.2)
+        assert caught.value.strerror is not None
+        assert caught.value.strerror.startswith("connected, but got no answer within 0.2 s")
+
+
+def test_a_takeover_that_gets_no_answer_names_the_socket_and_the_wait() -> None:
+    from xmppgw.net.takeover import EXCHANGE_TIMEOUT, TakeoverError, _receive
+
+    ours, stopped = socket.socketpair()
+    with ours, stopped:
+        ours.settimeout(0.1)
+        with pytest.raises(TakeoverError) as caught:
+            _receive(ours, "/run/xmppgw/xmppgw.sock")
+    text = caught.value.strerror or ""
+    assert "on /run/xmppgw/xmppgw.sock accepted the connection but did not answer the " \
+        f"takeover within {EXCHANGE_TIMEOUT:g} s" in text, text

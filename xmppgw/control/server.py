@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import json
 import os
@@ -25,6 +26,9 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
 # over it, then it waits for the next step); only this user or root may start one.
 Conversation = Callable[[dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter],
                         Awaitable[None]]
+# Says why a (non-conversation) request is refused now, or None: a gateway whose takeover
+# claim is held refuses the commands that would change it (net/takeover.py).
+Guard = Callable[[dict[str, Any]], str | None]
 MAX_REQUEST = 65536
 REQUEST_TIMEOUT = 10.0
 
@@ -41,6 +45,7 @@ class ControlServer:
         self.group = grp.getgrnam(group) if group else None
         self.server: asyncio.AbstractServer | None = None
         self.conversations = conversations if conversations is not None else {}
+        self.guard: Guard | None = None
         self._inode: tuple[int, int] | None = None  # the socket file we bound (dev, inode)
 
     async def start(self) -> None:
@@ -131,6 +136,9 @@ class ControlServer:
             request = None
         if not isinstance(request, dict):
             return {"ok": False, "error": "expected one JSON object per line"}
+        refusal = self.guard(request) if self.guard is not None else None
+        if refusal is not None:
+            return {"ok": False, "error": refusal}
         result = self.handler(request)
         if asyncio.iscoroutine(result):
             result = await result
@@ -173,15 +181,21 @@ def _remove_stale(path: Path) -> None:
 
 
 def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """The client side, for the CLI: one request, one reply."""
+    """The client side, for the CLI: one request, one reply. `timeout` in seconds, for the
+    connect and for the reply each; OSError if either fails (TimeoutError saying that it
+    connected when the reply is what did not come: a stopped or overloaded gateway)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(json.dumps(payload).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            sock.sendall(json.dumps(payload).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise TimeoutError(errno.ETIMEDOUT, f"connected, but got no answer within "
+                               f"{timeout:g} s (is the gateway stopped or overloaded?)") from None
     return json.loads(data)
