@@ -22,6 +22,7 @@ service, and a fourth real (nothing listens there) is PROBE_FAILED. Then a secon
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -350,7 +351,9 @@ def test_a_takeover_that_cannot_start_leaves_the_old_gateway_as_it_was(short_dir
         result = takeover(unbindable)
         assert result.returncode == 1 and "cannot listen on 192.0.2.1:5222" in result.stderr, \
             result
-        old.wait_record(lambda r: True, event="takeover_aborted")
+        aborted = old.wait_record(lambda r: True, event="takeover_aborted")
+        assert aborted["reason"].startswith("the new process gave up: ") and (
+            "cannot listen on 192.0.2.1:5222" in aborted["reason"]), aborted
         workers = short_dir / "workers.toml"
         workers.write_text(dummy_config(control, workers=2))
         result = takeover(workers)
@@ -396,6 +399,14 @@ def test_a_held_takeover_answers_another_at_once_and_frees_itself_when_its_peer_
         assert result.returncode == 1, result
         assert f"a takeover by pid {os.getpid()} is under way since" in result.stderr, result
         assert not old.records("takeover_aborted")  # answered while the claim was held
+        # an operator command meanwhile is refused, naming the takeover; show is answered
+        command = subprocess.run([sys.executable, "-m", "xmppgw", "real", "DUMMY", DUMMY_REAL,
+                                  "no-inservice", "-c", str(second)], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=30, check=False)
+        assert command.returncode == 1, command
+        assert f"refused while a takeover by pid {os.getpid()} is under way" in command.stderr
+        assert not old.records("operator_real")
+        assert json.loads(old.show("vservers", "--json"))[0]["inservice"]
         [refused] = old.records("takeover_refused")
         assert refused["new_pid"] not in (os.getpid(), None) and "claimed_pid" not in refused
         holder.close()
@@ -476,3 +487,126 @@ def test_reload_names_the_file_the_gateway_re_read(short_dir: Path) -> None:
         assert dummy_holders(5224) == [gw.pid]  # its own file still has KEPT
     finally:
         gw.stop()
+
+
+# --- in one process: the old gateway and a successor, with the release wait made short ------
+
+class Records:
+    """A log that keeps every record (the gateway's log calls: info, warning, error)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        def log(event: str, **fields: Any) -> None:
+            self.records.append({"event": event, "level": level, **fields})
+        return log
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["event"] == event]
+
+
+async def old_gateway(text: str, log: Records) -> tuple[Any, Any]:
+    """A gateway as `xmppgw run` starts it (net/workers.py), with its Releaser."""
+    from xmppgw import config as configmod
+    from xmppgw.net.gateway import Gateway
+    from xmppgw.net.takeover import Releaser
+
+    gateway = Gateway(configmod.loads(text, "old.toml"), log)
+    releaser = Releaser(gateway, lambda: None)
+    gateway.conversations["takeover"] = releaser.converse
+    await gateway.start()
+    return gateway, releaser
+
+
+async def test_a_successor_stalled_past_the_release_wait_gives_up_and_the_old_one_is_reachable(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item: the successor stops (SIGSTOP, load) after renaming its control socket over the
+    path, before the release. The old process gives the takeover up at the release wait and
+    takes its control path back; the successor, resuming, is refused, finds the old process
+    alive and gives up (closes its copies, exits non-zero): never two gateways serving."""
+    from xmppgw import config as configmod
+    from xmppgw.control.server import request
+    from xmppgw.net import takeover as tk
+
+    monkeypatch.setattr(tk, "RELEASE_WAIT", 0.5)
+    release = tk._release
+    seen: dict[str, Any] = {}
+
+    def stalled_release(conn: socket.socket, drain: float) -> Any:
+        seen["ours_before"] = control.stat().st_ino  # renamed over the path by now
+        time.sleep(1.5)  # stopped past the release wait
+        seen["after_stall"] = control.stat().st_ino
+        return release(conn, drain)
+
+    monkeypatch.setattr(tk, "_release", stalled_release)
+    control = short_dir / "ctl.sock"
+    text = dummy_config(control)
+    old_log, new_log = Records(), Records()
+    old, _ = await old_gateway(text, old_log)
+    try:
+        with pytest.raises(tk.TakeoverError, match="is still running"):
+            await tk.take_over(configmod.loads(text, "new.toml"), new_log, 1.0)
+        [aborted] = old_log.of("takeover_aborted")
+        assert aborted["reason"] == "no release within 0.5 s", aborted
+        assert old_log.of("takeover_control_reclaimed")
+        assert seen["after_stall"] != seen["ours_before"]  # taken back during the stall
+        assert old.control.owns_path() and not old.stopping
+        [given_up] = new_log.of("takeover_given_up")
+        assert "the takeover was given up" in given_up["reason"], given_up
+        assert not new_log.of("takeover_no_answer")
+        assert dummy_holders() == [os.getpid()]  # one descriptor: the successor's copy closed
+        reply = await asyncio.get_running_loop().run_in_executor(
+            None, request, str(control), {"command": "real", "farm": "DUMMY",
+                                          "real": DUMMY_REAL, "inservice": False})
+        assert reply["ok"], reply  # the old gateway answers commands again (claim freed)
+        assert sorted(p.name for p in short_dir.iterdir()) == ["ctl.sock"]
+    finally:
+        await old.stop()
+    assert not control.exists()
+
+
+async def test_a_takeover_in_one_process_says_what_it_bound_and_carries_a_panic_over(
+        short_dir: Path) -> None:
+    """`takeover_adopted` names only what listens (a vserver the operator took out of
+    service is neither adopted nor bound), and a farm in panic mode in the old process is
+    carried over as it is: `farm_panic_carried` with the restored farm's numbers, no new
+    `farm_panic`."""
+    from xmppgw import config as configmod
+    from xmppgw.net import takeover as tk
+    from xmppgw.slb.farm import PanicChange
+
+    control = short_dir / "ctl.sock"
+    reals = ["127.0.1.64", "127.0.1.65", "127.0.1.66"]
+    text = gateway_config(domain="example.test", vip=f"{DUMMY_VIP}:5222", control=control,
+                          vserver={"name": "C2S", "mode": None},
+                          farm={"name": "DUMMY", "predictor": None},
+                          reals=[{"address": a} for a in reals], extra=vserver("P", 5227))
+    old_log, new_log = Records(), Records()
+    old, releaser = await old_gateway(text, old_log)
+    new = None
+    try:
+        reply = await old.operator.command({"command": "vserver", "vserver": "P",
+                                            "inservice": False})
+        assert reply["ok"] and dummy_holders(5227) == [], reply
+        farm = old.farms["DUMMY"]
+        now = asyncio.get_running_loop().time()
+        for name in reals[:2]:
+            farm.probe_result(farm.find(name), False, now)
+        old.engine_changed(farm)
+        assert [(r["available"], r["inservice"]) for r in old_log.of("farm_panic")] == [(1, 3)]
+        new = await tk.take_over(configmod.loads(text, "new.toml"), new_log, 1.0)
+        assert releaser.released
+        [adopted] = new_log.of("takeover_adopted")
+        assert (adopted["adopted"], adopted["bound"], adopted["out_of_service"]) == (
+            ["C2S"], [], ["P"]), adopted
+        [carried] = new_log.of("farm_panic_carried")
+        assert (carried["farm"], carried["available"], carried["inservice"]) == (
+            "DUMMY", 1, 3), carried
+        assert new.farms["DUMMY"].panic
+        assert not [e for e in new.farms["DUMMY"].drain_events() if isinstance(e, PanicChange)]
+        assert not new_log.of("farm_panic")
+    finally:
+        if new is not None:
+            await new.stop()
+        await old.stop()

@@ -7,12 +7,16 @@ takeover is told while one is under way."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import time
 
 import pytest
 
 from xmppgw import config
 from xmppgw.config import Address, Faildetect, RealConfig, ServerfarmConfig
+from xmppgw.net import takeover
 from xmppgw.net.handover import (
     Handover,
     HandoverError,
@@ -23,8 +27,17 @@ from xmppgw.net.handover import (
     plan_sockets,
     restore_health,
 )
-from xmppgw.net.takeover import Claim, peer_pid, pid_fields
-from xmppgw.slb.farm import RealState, Serverfarm
+from xmppgw.net.takeover import (
+    Claim,
+    Releaser,
+    after_release,
+    open_pidfd,
+    peer_pid,
+    pid_fields,
+    process_gone,
+    spawn_successor,
+)
+from xmppgw.slb.farm import PanicChange, RealState, Serverfarm
 
 CONFIG = """
 [gateway]
@@ -93,10 +106,10 @@ def test_addresses_compare_in_one_spelling() -> None:
     assert address_key("127.0.0.1", 5222) != address_key("127.0.0.2", 5222)
 
 
-def farm(now: float = 0.0) -> Serverfarm:
+def farm(now: float = 0.0, count: int = 4) -> Serverfarm:
     reals = tuple(RealConfig(Address(f"10.0.0.{i}", None), retry=30.0,
                              faildetect=Faildetect(numconns=4, numclients=2))
-                  for i in (1, 2, 3, 4))
+                  for i in range(1, count + 1))
     return Serverfarm(ServerfarmConfig("F", reals=reals, max_connecting=None), now)
 
 
@@ -223,3 +236,105 @@ def test_a_second_takeover_is_told_who_holds_the_claim_and_until_when() -> None:
     assert "given up at 2027-01-15T08:00:30Z" in text and "connection ends" in text
     after = claim.refusal(released=True, now=since + 40)
     assert "taken over by pid 4711" in after and "under way" not in after
+
+
+def test_a_panic_is_counted_once_every_real_is_restored_and_carried_if_it_was_on() -> None:
+    """5 reals, 4 of them PROBE_FAILED (1 of 5 available, threshold 50%). Restored one by
+    one, the farm would enter panic mode half way (2 of 5, the reals still to come counted
+    as available) and say so with those numbers; it is counted once, at the end. A panic
+    the old process was in already is carried over (no PanicChange: the caller logs
+    `farm_panic_carried`); one it was not in is a change, with the right numbers."""
+    health = tuple(RealHealth("F", f"10.0.0.{i}", probe_failed=True,
+                              state=RealState.PROBE_FAILED, age=5.0) for i in (1, 2, 3, 4))
+    fresh = farm(count=5)
+    restored = restore_health({"F": fresh}, health, 10.0)
+    panics = [e for e in fresh.drain_events() if isinstance(e, PanicChange)]
+    assert [(e.panic, e.available, e.inservice) for e in panics] == [(True, 1, 5)]
+    assert restored.panic_carried == []
+    carried = farm(count=5)
+    restored = restore_health({"F": carried}, health, 10.0, panic=("F",))
+    assert carried.panic and carried.drain_events() == []
+    assert restored.panic_carried == [("F", 1, 5, 50)]
+    ended = farm(count=5)  # in panic in the old process, not by the states it handed over
+    restored = restore_health({"F": ended}, health[:1], 10.0, panic=("F",))
+    assert [(e.panic, e.available) for e in ended.drain_events()] == [(False, 4)]
+    assert not ended.panic and restored.panic_carried == []
+    message = Handover(1, (), health=health, panic=("F",))
+    assert Handover.decode(message.encode()).panic == ("F",)
+
+
+# --- never two gateways (xmppgw/net/takeover.py) ---------------------------------------------
+
+
+def test_the_successor_serves_only_if_released_or_the_old_process_is_gone() -> None:
+    assert after_release({"ok": True, "data": {}}, False, 7)[0] == "serve"
+    verdict, why = after_release(None, True, 7)
+    assert verdict == "alone" and "pid 7" in why and "has exited" in why
+    for answer in (None, {"ok": False, "error": "the takeover was given up"}, {"x": 1}):
+        verdict, why = after_release(answer, False, 7)
+        assert verdict == "give_up" and "pid 7" in why and "still running" in why, why
+    assert "the takeover was given up" in after_release(
+        {"ok": False, "error": "the takeover was given up"}, False, 7)[1]
+
+
+def test_a_process_is_gone_once_it_exited_even_before_it_is_reaped() -> None:
+    """A real child: alive, then exited but not reaped (a zombie, as an old gateway whose
+    parent has not waited yet): gone, by pidfd and by pid alike."""
+    child = subprocess.Popen(["sleep", "30"])
+    pidfd = open_pidfd(child.pid)
+    try:
+        assert not process_gone(child.pid) and not process_gone(child.pid, pidfd)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not process_gone(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process_gone(child.pid)  # a zombie: not reaped yet
+        assert pidfd is None or process_gone(child.pid, pidfd)
+    finally:
+        child.kill()
+        child.wait()
+        if pidfd is not None:
+            os.close(pidfd)
+    assert not process_gone(None)  # no pid: not known to be gone
+
+
+class Log:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, object]]] = []
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.records.append((event, fields))
+
+
+def test_a_second_sigusr2_while_the_successor_runs_is_logged_not_obeyed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        monkeypatch.setattr(takeover, "_successor", [running])
+        log = Log()
+        assert spawn_successor(None, log) is None  # type: ignore[arg-type]
+        [(event, fields)] = log.records
+        assert event == "takeover_already_running" and fields["pid"] == running.pid
+    finally:
+        running.kill()
+        running.wait()
+
+
+class HeldGateway:
+    control = None  # what the guard reads: only the claim
+
+
+def test_operator_commands_are_refused_while_a_claim_is_held() -> None:
+    releaser = Releaser(HeldGateway(), lambda: None)  # type: ignore[arg-type]
+    assert releaser.guard({"command": "reload"}) is None  # no claim: answered
+    since = time.time()
+    releaser.claim = Claim(pid=4711, since=since, expires=since + 30)
+    for command in ("real", "vserver", "reload"):
+        text = releaser.guard({"command": command})
+        assert text is not None and "a takeover by pid 4711 is under way" in text, text
+        assert "would not be carried over" in text
+    assert releaser.guard({"command": "show"}) is None
+    assert releaser.guard({"command": "zone"}) is None
+    releaser.released = True
+    text = releaser.guard({"command": "real"})
+    assert text is not None and "taken over by pid 4711" in text, text

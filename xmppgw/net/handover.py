@@ -13,7 +13,9 @@ It carries, besides the sockets' addresses, the state a new process must not for
 - each real's state (OUTOFSERVICE included) and its age (seconds in it), so the new
   process takes the state over as it is: it logs it once as carried over
   (`real_state_carried`), not as a change, and `show` counts its time in the state on from
-  the old process's.
+  the old process's;
+- the farms in panic mode, so that a panic the old process was in is carried over too
+  (`farm_panic_carried`), not logged again as a new one.
 
 So no real looks healthy in the new process that did not in the old. The states ride in a
 key of their own (`states`) beside the older `health` rows: a gateway that does not know
@@ -88,6 +90,7 @@ class Handover:
     real_admin: Mapping[tuple[str, str], Admin] = field(default_factory=dict)
     vserver_admin: Mapping[str, Admin] = field(default_factory=dict)
     health: tuple[RealHealth, ...] = ()
+    panic: tuple[str, ...] = ()  # the farms in panic mode
 
     def encode(self) -> bytes:
         """One JSON line."""
@@ -102,6 +105,7 @@ class Handover:
                         list(h.failed_clients)] for h in self.health if h.has_counts()],
             "states": [[h.farm, h.real, str(h.state), h.age] for h in self.health
                        if h.state is not None and h.age is not None],
+            "panic": list(self.panic),
         }
         return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
@@ -118,7 +122,8 @@ class Handover:
                 real_admin={(str(f), str(r)): (bool(i), _wall(d))
                             for f, r, i, d in data["real_admin"]},
                 vserver_admin={str(n): (bool(i), _wall(d)) for n, i, d in data["vserver_admin"]},
-                health=_health(data["health"], data.get("states", [])))
+                health=_health(data["health"], data.get("states", [])),
+                panic=tuple(str(name) for name in data.get("panic", [])))
         except HandoverError:
             raise
         except (ValueError, TypeError, KeyError) as exc:
@@ -214,20 +219,25 @@ class Restored:
     """What `restore_health` did. `probe_down`: (farm, real) restored PROBE_FAILED, whose
     probes must start *down* (`rise` good runs bring them back, as in the old process).
     `carried`: (farm, real, state, age in seconds) of each real whose state other than
-    OPERATIONAL was taken over as it was, for the caller to log once."""
+    OPERATIONAL was taken over as it was, for the caller to log once. `panic_carried`:
+    (farm, available, in service, threshold) of each farm in panic mode in both processes,
+    for the caller to log once as carried over (a panic that began or ended on the way is
+    a change the engine records)."""
 
     probe_down: list[tuple[str, str]] = field(default_factory=list)
     carried: list[tuple[str, str, RealState, float]] = field(default_factory=list)
+    panic_carried: list[tuple[str, int, int, int]] = field(default_factory=list)
 
 
 def restore_health(farms: Mapping[str, Serverfarm], health: Iterable[RealHealth],
                    now: float, admin: Mapping[tuple[str, str], Admin] | None = None,
-                   ) -> Restored:
+                   panic: Iterable[str] = ()) -> Restored:
     """Put the old process's view of each real into the new engine (loop time `now`); a
     real gone from the new config is skipped. `admin`: the operator's word on reals,
     (inservice, seconds left of a drain or None) by (farm, real), as the new process holds
     it. A carried state is no change in the new engine (`Serverfarm.restore`): only what
-    changed on the way is recorded as one."""
+    changed on the way is recorded as one. `panic`: the farms in panic mode in the old
+    process; each farm's mode is worked out once every real is restored."""
     out = Restored()
     for h in health:
         farm = farms.get(h.farm)
@@ -244,4 +254,9 @@ def restore_health(farms: Mapping[str, Serverfarm], health: Iterable[RealHealth]
             out.probe_down.append((farm.name, real.name))
         if kept and h.state is not None and h.state is not RealState.OPERATIONAL:
             out.carried.append((farm.name, real.name, h.state, h.age or 0.0))
+    in_panic = frozenset(panic)
+    for farm in farms.values():
+        if farm.restore_panic(now, farm.name in in_panic):
+            out.panic_carried.append((farm.name, *farm.availability(),
+                                      farm.config.panic_threshold))
     return out

@@ -457,7 +457,9 @@ class Serverfarm:
         taken over the same way. Only what differs by `now` (a retry that elapsed on the
         way, a config that changed the real's `inservice`) is recorded, as any change is.
         Without `state` (an older gateway's message) the state is worked out and recorded as
-        a change. Returns True when `state` was kept as it came."""
+        a change. Returns True when `state` was kept as it came. Panic mode is not checked
+        here (a farm half restored counts the reals still to come as available): call
+        `restore_panic` once every real is restored."""
         real.probe_failed = probe_failed
         real.retry_at = retry_at
         real.consecutive_failures = consecutive_failures
@@ -472,10 +474,18 @@ class Serverfarm:
             real.last_change = now - max(0.0, age)
             if state in NOT_SERVING:
                 real.ramp_start = None
-        change = self._sync(real, now, "carried over" if state is None else None, state)
-        if change is None:
-            self._check_panic(now)  # _sync checks it only after a change
+        change = self._sync(real, now, "carried over" if state is None else None, state,
+                            check_panic=False)
         return state is not None and change is None
+
+    def restore_panic(self, now: float, was_panic: bool) -> bool:
+        """After `restore` of every real: panic mode as the restored states make it.
+        `was_panic`: the old process's mode. The same mode here is no change (no
+        PanicChange; True is returned when it is on, for the caller to say once that it was
+        carried over); another mode is recorded as a change."""
+        self.panic = was_panic
+        self._check_panic(now)
+        return self.panic and was_panic
 
     def reals_to_drain(self, now: float) -> list[Real]:
         """Out-of-service reals whose drain deadline passed and that still own connections.
@@ -535,7 +545,8 @@ class Serverfarm:
         return RealState.OPERATIONAL
 
     def _sync(self, real: Real, now: float, reason: str | None = None,
-              before: RealState | None = None) -> StateChange | None:
+              before: RealState | None = None, check_panic: bool = True,
+              ) -> StateChange | None:
         """Bring the operational state up to `now`; record the real's state if it changed
         (from `before` when the caller just changed the administrative state), and start slow
         start on a return to service.
@@ -558,5 +569,6 @@ class Serverfarm:
         real.last_change = at
         change = StateChange(at, self.name, real.name, old, new, reason or str(new).lower())
         self._events.append(change)
-        self._check_panic(now)
+        if check_panic:
+            self._check_panic(now)
         return change
