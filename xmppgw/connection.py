@@ -79,6 +79,11 @@ ALPN_KINDS = {"xmpp-client": "c2s", "xmpp-server": "s2s"}  # XEP-0368 §3
 # reset) is seen at once and its attempts are dropped with no verdict on the real; past
 # this many buffered bytes reading pauses until the commit (the kernel's window holds more).
 MAX_CONNECT_BUFFER = 65536
+# The real's cleartext (its header and features) is relayed at once but read only when it
+# matters: once the client has asked for STARTTLS (the <proceed/> must be seen), when the
+# gateway would write into the stream (shutdown), or past this many bytes. A stream that
+# opens and closes without STARTTLS never pays for parsing the real's side.
+MAX_SERVER_HELD = 16384
 # After a stream error: the write side is shut, what the client still sends is read and
 # dropped for this long (seconds, at most LINGER_BYTES), then the socket closes. Closing with
 # unread data would send a reset that can destroy the error document in flight (HAProxy, nginx).
@@ -330,6 +335,7 @@ class ClientConnection:
         "finished",
         "from_gateway",
         "header_at",
+        "held",
         "hello",
         "kind",
         "linger_at",
@@ -379,6 +385,7 @@ class ClientConnection:
         self.balancer_local = False  # a listed balancer's PROXY LOCAL: its own connection
         self.tracker: StartTLSTracker | None = None
         self.hello: tls.ClientHelloReader | None = None
+        self.held: list[bytes] | None = None  # the real's cleartext not read yet
         if self.starttls_mode:
             self.tracker = StartTLSTracker(cfg.max_header_bytes, cfg.require_starttls)
         else:
@@ -728,13 +735,17 @@ class ClientConnection:
             else:
                 self._fail("system-shutdown", SHUTDOWN_TEXT, out, now)
                 told = True
-        elif phase is CLEARTEXT_RELAY and self.tracker is not None \
-                and self.tracker.server_between_elements():
+        elif phase is CLEARTEXT_RELAY and self._server_between_elements(out):
             self._answer(stream_error("system-shutdown", SHUTDOWN_TEXT), out)
             self.error = "system-shutdown"
             self._close(out, now)
             told = True
         return told, self._timed(out)
+
+    def _server_between_elements(self, out: list[Command]) -> bool:
+        """The real's stream is between top-level elements (read up to its last byte)."""
+        self._read_held(out)
+        return self.tracker is not None and self.tracker.server_between_elements()
 
     def close(self, now: float) -> list[Command]:
         """Close both legs (the gateway stops); idempotent."""
@@ -944,6 +955,7 @@ class ClientConnection:
         relay without looking from here (no idle timeout once opaque)."""
         self.starttls = event.starttls
         self.tracker = None
+        self.held = None
         self.negotiation_at = None
         if self.phase is CLEARTEXT_RELAY:
             self.phase = OPAQUE
@@ -1042,11 +1054,30 @@ class ClientConnection:
 
     def _from_real(self, data: bytes, out: list[Command]) -> None:
         self.bytes_to_client += len(data)
+        tracker = self.tracker
+        if tracker is not None:
+            held = self.held
+            if tracker.starttls_requested or (
+                    held is not None and sum(map(len, held)) + len(data) > MAX_SERVER_HELD):
+                self._read_held(out)
+                self._read_server(data, out)
+            elif held is None:
+                self.held = [data]
+            else:
+                held.append(data)
+        out.append(SendClient(data))
+
+    def _read_held(self, out: list[Command]) -> None:
+        """Read what the real sent that was relayed unread (see MAX_SERVER_HELD)."""
+        held, self.held = self.held, None
+        if held:
+            self._read_server(b"".join(held), out)
+
+    def _read_server(self, data: bytes, out: list[Command]) -> None:
         if self.tracker is not None:
             for event in self.tracker.server_data(data):
                 if isinstance(event, Opaque):
                     self._went_opaque(event, out)
-        out.append(SendClient(data))
 
     def _log_attempt_failure(self, real: Real, reason: str, out: list[Command]) -> None:
         out.append(Log("warning", "real_attempt_failed", {
@@ -1216,6 +1247,7 @@ class ClientConnection:
             out.append(CLOSE)
         self.buffer = None
         self.tracker = None
+        self.held = None
         self.hello = None
 
     def _finish_if_done(self, out: list[Command], now: float) -> None:

@@ -34,6 +34,7 @@ from xmppgw.connection import (
     LINGER_BYTES,
     LINGER_TIME,
     MAX_CONNECT_BUFFER,
+    MAX_SERVER_HELD,
     PAUSE_CLIENT,
     RESUME_CLIENT,
     AbortAttempt,
@@ -272,6 +273,46 @@ def test_stream_without_starttls_goes_opaque_at_the_first_stanza() -> None:
     conn = relaying(world)
     assert conn.client_data(b"<presence/>", 0.4) == [GoOpaque(True), SendReal(1, b"<presence/>"),
                                                      SetTimer(None)]
+
+
+def test_the_real_s_cleartext_is_read_only_once_the_client_asks_for_starttls() -> None:
+    """A stream that opens and closes without STARTTLS never pays for parsing the real's
+    side; once the client sends <starttls/>, what was held is read first, then the
+    <proceed/>, whatever the chunks."""
+    world = World()
+    conn = relaying(world)
+    conn.real_data(FEATURES, 0.35)
+    tracker = conn.tracker
+    assert tracker is not None and tracker.server.consumed == 0  # relayed, not read
+    assert conn.client_data(STARTTLS, 0.4) == [SendReal(1, STARTTLS)]
+    assert conn.real_data(PROCEED[:5], 0.45) == [SendClient(PROCEED[:5])]
+    assert tracker.server.consumed > len(SERVER_HEADER + FEATURES)  # held bytes read first
+    assert conn.real_data(PROCEED[5:], 0.5) == [GoOpaque(True), SendClient(PROCEED[5:]),
+                                                SetTimer(None)]
+    assert conn.starttls and conn.held is None
+
+
+def test_a_real_s_unreadable_cleartext_is_noticed_past_the_held_bound() -> None:
+    world = World()
+    conn = relaying(world)
+    assert conn.real_data(b"<a>" + b"x" * 100 + b"</b>", 0.4)[-1:] == [
+        SendClient(b"<a>" + b"x" * 100 + b"</b>")]
+    assert conn.phase is Phase.CLEARTEXT_RELAY  # held: not read yet
+    out = conn.real_data(b" " * MAX_SERVER_HELD, 0.5)
+    assert out[0] == GoOpaque(True) and conn.phase is Phase.OPAQUE and conn.held is None
+
+
+def test_system_shutdown_reads_what_the_real_sent_first() -> None:
+    """Held bytes are read before the gateway writes into the stream: a half-sent element
+    is not cut."""
+    world = World()
+    conn = relaying(world)
+    conn.real_data(b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+                   0.4)
+    assert conn.shutdown(0.5) == (False, [])
+    conn.real_data(b"</stream:features>", 0.6)
+    told, _ = conn.shutdown(0.7)
+    assert told
 
 
 def test_metrics_notes_and_log_connect() -> None:
