@@ -121,6 +121,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     reals = sum(len(f.reals) for f in config.serverfarms)
     print(f"{args.config}: OK: {len(config.vservers)} vservers, "
           f"{len(config.serverfarms)} serverfarms, {reals} reals")

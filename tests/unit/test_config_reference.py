@@ -149,5 +149,5 @@ def test_the_reference_has_a_table_per_section_with_ios_names() -> None:
     for title in ("## `[gateway]`", "## `[[serverfarm.real]]`",
                   "## `[[serverfarm.probe]]` and `[[serverfarm.real.probe]]`", "## `[srv.update]`"):
         assert title in text
-    assert "| `weight` | integer | `8` |  | `weight` | Share of new connections. |" in text
+    assert "| `weight` | integer | `8` |  | `weight` | Share of new connections: 1 to 255, IOS's range. |" in text
     assert "`faildetect numconns N`" in text

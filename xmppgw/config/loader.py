@@ -26,6 +26,11 @@ from xmppgw.config.locator import KeyPath, Locator, Names, farm_names, problem, 
 from xmppgw.config.model import (
     IMPLICIT_PROBE,
     KINDS,
+    MAX_INTEGER,
+    MAX_RATE,
+    MAX_RETRY,
+    MAX_SECONDS,
+    MAX_WEIGHT,
     MODES,
     NATS,
     PROBE_KINDS,
@@ -90,6 +95,7 @@ class _Context:
         self.locator = Locator(text)
         self.names = names
         self.found: list[tuple[int, KeyPath, str]] = []  # (line or 0, key path, message)
+        self.cautions: list[tuple[int, KeyPath, str]] = []  # the same, for warnings
         self.external: list[ExternalRef] = []
 
     def where(self, keypath: KeyPath) -> str:
@@ -98,11 +104,15 @@ class _Context:
     def error(self, keypath: KeyPath, message: str) -> None:
         self.found.append((self.locator.line_of(keypath) or 0, keypath, message))
 
-    def messages(self) -> list[str]:
+    def warn(self, keypath: KeyPath, message: str) -> None:
+        self.cautions.append((self.locator.line_of(keypath) or 0, keypath, message))
+
+    def messages(self, found: list[tuple[int, KeyPath, str]] | None = None) -> list[str]:
         """Every problem as `file:line: key.path: message`, in line order (those of the
         whole file, with no line, first), as an operator reads the file top to bottom."""
         return [problem(where(self.path, line), keypath, message, self.names)
-                for line, keypath, message in sorted(self.found, key=lambda f: f[0])]
+                for line, keypath, message in sorted(
+                    self.found if found is None else found, key=lambda f: f[0])]
 
     def refer(self, kind: str, value: str | None, keypath: KeyPath) -> str | None:
         """Note a value for `resolve` (kind: "group", "file" or "secret"); returns it."""
@@ -145,6 +155,9 @@ class _Section:
             )
             return None if default is _REQUIRED else default
         kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            self.ctx.error(self.keypath + (key,), f"must be at most {MAX_INTEGER}")
+            return None if default is _REQUIRED else default
         if float in kinds and isinstance(value, int):
             value = float(value)  # TOML `retry = 30` is a duration like `retry = 30.0`
         problem = check(value) if check else None
@@ -209,23 +222,28 @@ def _type_name(value: Any) -> str:
 # --- checks ------------------------------------------------------------------------------
 
 
-def _positive(value: float) -> str | None:
+def _finite_positive(value: float) -> str | None:
     if not math.isfinite(value):  # TOML allows nan and inf; no time is either
         return "must be a finite number"
     return None if value > 0 else "must be greater than 0"
 
 
-def _not_negative(value: float) -> str | None:
+def _finite_not_negative(value: float) -> str | None:
     if not math.isfinite(value):
         return "must be a finite number"
     return None if value >= 0 else "must be 0 (off) or more"
 
 
 def _up_to(high: float, why: str,
-           low: Callable[[Any], str | None] = _positive) -> Callable[[Any], str | None]:
+           low: Callable[[Any], str | None] = _finite_positive) -> Callable[[Any], str | None]:
     """`low`'s check, then at most `high` (`why`: whose limit it is)."""
     return lambda value: low(value) or (None if value <= high
                                         else f"must be at most {high} ({why})")
+
+
+# A duration: greater than 0 (or 0 for off), at most a day.
+_positive = _up_to(MAX_SECONDS, "a day", _finite_positive)
+_not_negative = _up_to(MAX_SECONDS, "a day", _finite_not_negative)
 
 
 # Linux's limits (tcp(7)): a bigger value makes setsockopt fail, and the kernel's default
@@ -303,6 +321,7 @@ def _build(ctx: _Context, data: dict[str, Any]) -> Config:
     srv = _srv(top.sub("srv"), gateway) if "srv" in top.data else None
     top.done()
     _cross_check(ctx, vservers, farms)
+    _farm_use(ctx, vservers, farms, [bool(s.data.get("real")) for s in farm_sections])
     if srv is not None and srv.publish_reals:
         unprobed = {f.name for s, f in zip(farm_sections, farms, strict=True)
                     if f is not None and "probe" not in s.data}
@@ -316,6 +335,7 @@ def _build(ctx: _Context, data: dict[str, Any]) -> Config:
         serverfarms=tuple(f for f in farms if f is not None),
         srv=srv,
         external=tuple(ctx.external),
+        warnings=tuple(ctx.messages(ctx.cautions)),
     )
 
 
@@ -433,10 +453,11 @@ def _real(s: _Section) -> RealConfig | None:
     fd.done()
     real = RealConfig(
         address=_address(s, "address", need_port=False),  # type: ignore[arg-type]
-        weight=s.get("weight", int, d.weight, _at_least(1)),
+        weight=s.get("weight", int, d.weight, _up_to(MAX_WEIGHT, "IOS's weight range",
+                                                    _at_least(1))),
         reassign=s.get("reassign", int, d.reassign, _at_least(1)),
         faildetect=faildetect,
-        retry=s.get("retry", float, d.retry, _positive),
+        retry=s.get("retry", float, d.retry, _up_to(MAX_RETRY, "IOS's retry range")),
         inservice=s.get("inservice", bool, d.inservice),
         maxconns=s.get("maxconns", int, d.maxconns, _at_least(1)),
         max_connecting=_max_connecting(s, d.max_connecting),
@@ -603,7 +624,8 @@ def _limits(s: _Section) -> Limits:
     limits = Limits(
         maxconns=s.get("maxconns", int, d.maxconns, _at_least(1)),
         maxconns_per_ip=s.get("maxconns_per_ip", int, d.maxconns_per_ip, _at_least(1)),
-        rate_per_ip=s.get("rate_per_ip", float, d.rate_per_ip, _positive),
+        rate_per_ip=s.get("rate_per_ip", float, d.rate_per_ip,
+                          _up_to(MAX_RATE, "connections a second")),
         burst_per_ip=s.get("burst_per_ip", int, d.burst_per_ip, _at_least(1)),
     )
     s.done()
@@ -711,6 +733,29 @@ def _unique(s: _Section, table: str, values: dict[int, str], key: str) -> None:
         if value in seen:
             s.ctx.error(s.keypath + (table, i, key), f"duplicate {key} {value}")
         seen.add(value)
+
+
+def _farm_use(ctx: _Context, vservers: list[VserverConfig | None],
+              farms: list[ServerfarmConfig | None], has_reals: list[bool]) -> None:
+    """A farm a vserver sends connections to must have a real (else every one fails); a
+    farm no vserver uses is allowed (being prepared, say) but worth a warning."""
+    users: dict[str, list[str]] = {}
+    for v in vservers:
+        if v is None:
+            continue
+        for name in (v.serverfarm, *(r.serverfarm for r in v.routes)):
+            if name is not None and v.name not in users.setdefault(name, []):
+                users[name].append(v.name)
+    for i, farm in enumerate(farms):
+        if farm is None or farm.name is None:
+            continue
+        using = users.get(farm.name)
+        if not using:
+            ctx.warn(("serverfarm", i), "no vserver uses this serverfarm")
+        elif not has_reals[i]:
+            ctx.error(("serverfarm", i), f"serverfarm {farm.name!r} has no [[serverfarm.real]], "
+                      f"and vserver {', '.join(using)} sends connections to it: every one "
+                      "would fail")
 
 
 def _cross_check(ctx: _Context, vservers: list[VserverConfig | None],

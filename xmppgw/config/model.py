@@ -108,7 +108,7 @@ class Keepalive:
         "(`TCP_KEEPCNT`)."))
     user_timeout: float = _k(120.0, unit="s", doc=(
         "How long sent data may stay unacknowledged before the kernel drops the connection "
-        "(`TCP_USER_TIMEOUT`)."))
+        "(`TCP_USER_TIMEOUT`); at most 2147483 s (an int of milliseconds)."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,12 +268,23 @@ class ProbeConfig:
 IMPLICIT_PROBE = ProbeConfig(type="tcp", implicit=True)
 
 
+# Upper bounds the loader enforces, so a slip of the keyboard (`retry = 1e300`,
+# `weight = 10000000000000000000000`) is refused rather than run. IOS SLB's own ranges where
+# it has the key; else a day for a duration and a signed 32-bit count for an integer.
+MAX_WEIGHT = 255  # IOS `weight` 1-255
+MAX_RETRY = 3600  # s, IOS `retry` 1-3600
+MAX_SECONDS = 86400  # s: any other duration, unless its key says otherwise
+MAX_INTEGER = 2**31 - 1  # any integer key without a smaller bound (counts, maxconns, ttl)
+MAX_RATE = 1_000_000  # connections/s
+
+
 @dataclass(frozen=True, slots=True)
 class RealConfig:
     address: Address = _k(ios="real IP", type="string (address)", doc=(  # noqa: RUF009
         "`ip`, `ip:port`, `ipv6` or `[ipv6]:port`. Without a port the real is reached on the "
         "vserver's port (`nat server`)."))
-    weight: int = _k(8, ios="weight", doc="Share of new connections.")
+    weight: int = _k(8, ios="weight", doc=(
+        f"Share of new connections: 1 to {MAX_WEIGHT}, IOS's range."))
     reassign: int = _k(3, unit="reals", ios="reassign", doc=(
         "How many reals beyond this one a client connection may race at once by hedging."))
     faildetect: Faildetect = _k(factory=Faildetect, type="table", shown="see below",  # noqa: RUF009
@@ -282,7 +293,7 @@ class RealConfig:
     retry: float = _k(60.0, unit="s", ios="retry", doc=(
         "Time after FAILED until the real goes TESTING: the next connection it qualifies for "
         "is sent to it. Success makes it OPERATIONAL (with slow start); failure makes it "
-        "FAILED for another `retry`."))
+        f"FAILED for another `retry`. At most {MAX_RETRY} s, IOS's range."))
     inservice: bool = _k(True, ios="inservice / no inservice", doc=(
         "`false` means OUTOFSERVICE: no new connections, and existing ones stay. This is the "
         "seed's spare node."))
@@ -436,7 +447,8 @@ class Limits:
     maxconns_per_ip: int | None = _k(None, unit="connections", shown="unlimited", doc=(
         "Concurrent connections from one source (IPv6 sources count per /64)."))
     rate_per_ip: float | None = _k(None, unit="connections/s", shown="unlimited", doc=(
-        "New connections per second from one source: the token bucket's refill rate."))
+        "New connections per second from one source: the token bucket's refill rate; at "
+        f"most {MAX_RATE:_}."))
     burst_per_ip: int | None = _k(None, unit="connections", shown="2 × `rate_per_ip`", doc=(
         "The token bucket's size. Needs `rate_per_ip`."))
 
@@ -588,6 +600,9 @@ class Config:
     # What the file names on this machine (groups, files, secrets), for `resolve` to look up
     # and read; empty once resolved. Not part of the config's value.
     external: tuple[ExternalRef, ...] = field(default=(), repr=False, compare=False)
+    # What is allowed but likely a mistake (a serverfarm no vserver uses), one line each as
+    # problems are written; `xmppgw check` prints them. Not part of the config's value.
+    warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def farm(self, name: str) -> ServerfarmConfig:
         return next(f for f in self.serverfarms if f.name == name)

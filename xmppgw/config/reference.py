@@ -5,8 +5,10 @@ field in `model` (`_k(...)`); this module only lays them out, one Markdown table
 section. `tests/unit/test_config_reference.py` fails when a field has no description, when a
 key the loader reads is missing here, or when docs/configuration.md is not this output.
 
-    python -m xmppgw.config.reference -o docs/configuration.md
-    xmppgw config-reference -o docs/configuration.md
+    xmppgw config-reference > docs/configuration.md
+
+(`REGENERATE`, as the page's header says; `-o FILE` and `python -m
+xmppgw.config.reference` write the same text.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 from dataclasses import dataclass
 
 from xmppgw.config.model import (
+    MAX_INTEGER,
+    MAX_SECONDS,
     Faildetect,
     GatewayConfig,
     Keepalive,
@@ -30,7 +34,7 @@ from xmppgw.config.model import (
     VserverConfig,
 )
 
-REGENERATE = "python -m xmppgw.config.reference -o docs/configuration.md"
+REGENERATE = "xmppgw config-reference > docs/configuration.md"
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,10 @@ def render() -> str:
          "validates it). This page is generated from the configuration model, where each "
          "key's default, unit, IOS name and meaning are written once."),
         "",
-        "- Durations are in seconds; a whole number (`retry = 30`) is as good as `30.0`.",
+        ("- Durations are in seconds; a whole number (`retry = 30`) is as good as `30.0`. "
+         f"A duration is at most {MAX_SECONDS} s (a day) and an integer at most "
+         f"{MAX_INTEGER}, unless its key gives another bound (`weight`, `retry`, the "
+         "keepalive keys, ports, percentages)."),
         ("- A key not listed here is refused, with a suggestion when it is close to a known "
          "one; every problem names the file, the line and the key."),
         ("- *IOS* names the Cisco IOS SLB command a key stands for; *none* means IOS has no "
