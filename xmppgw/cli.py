@@ -139,26 +139,40 @@ def _check_reach(config: configmod.Config, timeout: float | None) -> int:
     """
     import asyncio
 
-    targets = reach_targets(config)
+    targets, vserver_ports = _reach_plan(config)
     timeouts = [timeout or config.farm(t[0]).connect_timeout for t in targets]
     results = asyncio.run(_reach_all(targets, timeouts))
-    failed = 0
+    failed: list[ReachTarget] = []
     for target, error in zip(targets, results):
         if error is None:
             continue
         farm, host, port, vservers, counted = target
         note = "" if counted else " (not in service: not counted)"
-        failed += counted
+        if counted:
+            failed.append(target)
         print(f"reach: serverfarm {farm}, real {host}, port {port}: {error} "
               f"(vserver {', '.join(vservers)}){note}", file=sys.stderr)
-    answered = sum(1 for r in results if r is None)
-    print(f"{config.path}: reach: {answered} of {len(targets)} (serverfarm, real, port) "
-          "answered")
-    if failed:
+    print(f"{config.path}: reach: {_reach_summary(targets, results)}")
+    if any(t[:3] in vserver_ports for t in failed):
         print("reach: a vserver whose port its reals do not serve has every connection fail, "
               "and faildetect then marks the whole farm FAILED: start the service on the "
               "reals, or remove the vserver", file=sys.stderr)
+    if any(t[:3] not in vserver_ports for t in failed):
+        print("reach: a real that does not answer on the port it gives (its address's port "
+              "or directtls_port) is marked FAILED by faildetect: start the service there, "
+              "or correct the port", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _reach_summary(targets: list[ReachTarget], results: list[str | None]) -> str:
+    """`2 of 4 (serverfarm, real, port) answered`, over what counts; what is out of service
+    (tried, not counted) is said apart, so the numbers agree with the exit status."""
+    counted = [r for t, r in zip(targets, results) if t[4]]
+    spare = [r for t, r in zip(targets, results) if not t[4]]
+    text = (f"{counted.count(None)} of {len(counted)} (serverfarm, real, port) answered")
+    if spare:
+        text += f"; not in service (not counted): {spare.count(None)} of {len(spare)} answered"
+    return text
 
 
 ReachTarget = tuple[str, str, int, tuple[str, ...], bool]  # farm, host, port, vservers, counted
@@ -167,13 +181,22 @@ ReachTarget = tuple[str, str, int, tuple[str, ...], bool]  # farm, host, port, v
 def reach_targets(config: configmod.Config) -> list[ReachTarget]:
     """Every (farm, real, port) a vserver can send a connection to, with the vservers that
     would, and whether it counts (vserver and real both in service), in config order."""
+    return _reach_plan(config)[0]
+
+
+def _reach_plan(config: configmod.Config) -> tuple[list[ReachTarget], set[tuple[str, str, int]]]:
+    """`reach_targets`, and which of them take their port from the vserver (a real with no
+    port of its own): only there is "the vserver's port is not served" the diagnosis."""
     seen: dict[tuple[str, str, int], tuple[list[str], bool]] = {}
+    vserver_ports: set[tuple[str, str, int]] = set()
     for vserver in config.vservers:
         farms = [vserver.serverfarm, *(route.serverfarm for route in vserver.routes)]
         for name in dict.fromkeys(f for f in farms if f is not None):
             farm = config.farm(name)
             for real in farm.reals:
                 endpoints = [real.address.with_port(vserver.virtual.port)]
+                if real.address.port is None:
+                    vserver_ports.add((name, *endpoints[0]))
                 if vserver.mode == "both":  # its ClientHellos go to the direct-TLS port
                     endpoints.append(farm.directtls_endpoint(real))
                 for host, port in endpoints:
@@ -181,8 +204,9 @@ def reach_targets(config: configmod.Config) -> list[ReachTarget]:
                     names.append(vserver.name)
                     seen[(name, host, port)] = (names, counted or (vserver.inservice
                                                                    and real.inservice))
-    return [(farm, host, port, tuple(dict.fromkeys(names)), counted)
-            for (farm, host, port), (names, counted) in seen.items()]
+    targets = [(farm, host, port, tuple(dict.fromkeys(names)), counted)
+               for (farm, host, port), (names, counted) in seen.items()]
+    return targets, vserver_ports
 
 
 async def _reach_all(targets: list[ReachTarget], timeouts: list[float]) -> list[str | None]:

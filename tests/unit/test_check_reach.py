@@ -83,7 +83,8 @@ def test_missing_service_is_reported_per_real_and_port(
         "reach: serverfarm XMPP, real 127.0.6.52, port 5269: Connection refused (vserver P5269)",
     ]
     assert "faildetect then marks the whole farm FAILED" in lines[2]
-    assert "reach: 2 of 4 (serverfarm, real, port) answered" in out
+    assert len(lines) == 3  # the vserver's port is the diagnosis: no other hint
+    assert "reach: 2 of 4 (serverfarm, real, port) answered\n" in out
     assert ": OK: 2 vservers, 1 serverfarms, 2 reals" in out  # the config itself is fine
 
 
@@ -115,7 +116,10 @@ inservice = false   # the spare, switched off
     assert ("reach: serverfarm XMPP, real 127.0.6.53, port 5222: Connection refused "
             "(vserver P5222) (not in service: not counted)") in err
     assert "real 127.0.6.51, port 5223: Connection refused (vserver OFF) (not in service" in err
-    assert "reach: 1 of 4" in out
+    # The count is over what counts, as the exit status is; the spares are told apart.
+    assert out.splitlines()[-1].endswith(
+        "reach: 1 of 1 (serverfarm, real, port) answered; "
+        "not in service (not counted): 0 of 3 answered")
     assert "FAILED" not in err
 
 
@@ -157,6 +161,9 @@ address = "127.0.6.55:15269"
     assert err.splitlines()[0] == ("reach: serverfarm MUC, real 127.0.6.55, port 15269: "
                                    "Connection refused (vserver C2S, S2S)")
     assert "reach: 1 of 2" in out
+    # The real gives its own port: not "a vserver whose port its reals do not serve".
+    assert "a vserver whose port" not in err
+    assert "a real that does not answer on the port it gives" in err
 
 
 def test_a_real_that_never_answers_times_out(capsys: pytest.CaptureFixture[str],
@@ -235,3 +242,5 @@ directtls_port = 15223
     assert err.splitlines()[0] == ("reach: serverfarm XMPP, real 127.0.6.57, port 5223: "
                                    "Connection refused (vserver C2S)")
     assert "reach: 3 of 4" in out
+    assert "a vserver whose port" not in err  # 5223 is the farm's directtls_port
+    assert "a real that does not answer on the port it gives" in err
