@@ -59,8 +59,7 @@ def _run_master(config: Config, log: Any, loop_factory: LoopFactory) -> int:
     try:
         sockets = bind_all(config)
     except OSError as exc:
-        print(f"xmppgw: {exc.strerror}", file=sys.stderr, flush=True)
-        log.error("start_failed", error=exc.strerror)
+        start_failed(log, exc.strerror)
         return 1
     return Master(config, log, loop_factory, sockets,
                   make_shared(config, config.gateway.workers)).run()
@@ -93,10 +92,18 @@ def run_worker(config: Config, log: Any, loop_factory: LoopFactory, worker: int 
             runner.run(_serve(config, log, worker, shared, sockets, ready_fd, takeover,
                               drain))
         except OSError as exc:
-            print(f"xmppgw: {exc.strerror}", file=sys.stderr, flush=True)
-            log.error("start_failed", error=exc.strerror)
+            start_failed(log, exc.strerror)
             return 1
     return 0
+
+
+def start_failed(log: Any, error: str | None) -> None:
+    """The log's `start_failed` line, and the same words plainly on stderr for whoever
+    reads that apart (systemd's journal, a script capturing stderr); not when stdout and
+    stderr are both the terminal, where the log line, in the chosen format, already shows."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        print(f"xmppgw: {error}", file=sys.stderr, flush=True)
+    log.error("start_failed", error=error)
 
 
 async def _serve(config: Config, log: Any, worker: int, shared: WorkerShared | None,
