@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("-c", "--config", required=True, help="TOML config file")
     check.add_argument("--reach", action="store_true",
                        help="also connect to every real on every port its vservers use")
-    check.add_argument("--timeout", type=float, default=None,
+    check.add_argument("--timeout", type=timeout_seconds, default=None,
                        help="seconds per --reach connect (default: the farm's connect_timeout)")
     ios = sub.add_parser("import-ios", help="print a Cisco IOS `ip slb` config as xmppgw TOML")
     ios.add_argument("file", help="an IOS running-config, or - for standard input")
@@ -97,15 +97,28 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 def drain_seconds(text: str) -> float:
     """argparse type of every `--drain`: a finite number of seconds, 0 or more. NaN or inf
     would reach the drain timer (NaN closes at once) and the log (invalid JSON)."""
+    value = _finite(text)
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    return value
+
+
+def timeout_seconds(text: str) -> float:
+    """argparse type of `check --timeout`: a finite number of seconds, more than 0."""
+    value = _finite(text)
+    if value is None or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text!r}")
+    return value
+
+
+def _finite(text: str) -> float | None:
     import math
 
     try:
         value = float(text)
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
-    return value
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _load(path: str) -> configmod.Config | None:

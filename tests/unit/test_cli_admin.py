@@ -104,3 +104,15 @@ def test_drain_with_inservice_is_a_usage_error(tmp_path: Path,
     assert cli.main(["real", "F", "127.0.0.2", "inservice", "--drain", "5",
                      "-c", str(path)]) == 2
     assert capsys.readouterr().err == "xmppgw: --drain goes with no-inservice\n"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "x"])
+def test_check_timeout_is_finite_and_positive(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    path, _ = write(tmp_path, MINIMAL)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["check", "-c", str(path), "--reach", f"--timeout={value}"])
+    assert info.value.code == 2
+    assert f"argument --timeout: must be more than 0 seconds, not {value!r}" in (
+        capsys.readouterr().err)
+    assert cli.timeout_seconds("0.5") == 0.5
