@@ -3,8 +3,9 @@
 The gateway (`net/view.py`) takes a `GatewaySnapshot`; `control/show.py` formats it in IOS's
 layout, `metrics.StateCollector` turns it into Prometheus families, and the control socket
 carries `to_json()` to the CLI, which reads it back with `from_json()`. `to_json()` is the
-dict shape `xmppgw show --json` has always printed (same keys, same order); `from_json()`
-takes that shape and fills what an older or partial one leaves out with quiet defaults.
+dict shape `xmppgw show --json` has always printed (same keys, same order; a real's
+`drain_end` and `drain_left` were added after `state_age`); `from_json()` takes that shape
+and fills what an older or partial one leaves out with quiet defaults.
 
 Pure data: frozen dataclasses, no I/O, no clock.
 """
