@@ -229,7 +229,8 @@ class Releaser:
         gw = self.gateway
         if gw.control is not None:
             gw.control.guard = self.guard
-        peer = pid_fields("new", peer_pid(writer.get_extra_info("socket")), request.get("pid"))
+        kernel_pid = peer_pid(writer.get_extra_info("socket"))
+        peer = pid_fields("new", kernel_pid, request.get("pid"))
         refusal = self._refusal()
         if refusal is not None:
             gw.log.warning("takeover_refused", reason=refusal, **peer)
@@ -240,7 +241,7 @@ class Releaser:
         self.claim = Claim(peer["new_pid"], now, now + RELEASE_WAIT)
         aborted = None
         try:
-            aborted = await self._hand_over(peer, reader, writer)
+            aborted = await self._hand_over(peer, kernel_pid, reader, writer)
         finally:
             if not self.released:
                 self.claim = None  # the connection ended (or timed out): free at once
@@ -258,9 +259,11 @@ class Releaser:
             return "this gateway is stopping"
         return None
 
-    async def _hand_over(self, peer: dict[str, Any], reader: asyncio.StreamReader,
+    async def _hand_over(self, peer: dict[str, Any], kernel_pid: int | None,
+                         reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> str | None:
-        """Steps 1 and 3; the reason when the takeover is given up after the offer."""
+        """Steps 1 and 3; the reason when the takeover is given up after the offer.
+        `kernel_pid`: the new process as SO_PEERCRED names it (None: not known here)."""
         gw = self.gateway
         loop = asyncio.get_running_loop()
         listening = [(vs.name, sock) for vs in gw.listeners.listening() if not vs.retired
@@ -293,7 +296,7 @@ class Releaser:
         if isinstance(step, dict) and step.get("command") == "abort":
             reason = f"the new process gave up: {step.get('reason')}"
         elif (isinstance(step, dict) and step.get("command") == "release"
-              and process_gone(peer["new_pid"])):
+              and process_gone(kernel_pid)):
             # It gave up (and exited) while this process could not answer (stopped, say):
             # releasing now would leave nobody accepting.
             step = None
