@@ -308,8 +308,9 @@ def _control(config_path: str, payload: dict[str, object],
     try:
         reply = request(path, payload, timeout=30.0)
     except OSError as exc:
-        print(f"xmppgw: cannot reach the gateway at {path}: {exc.strerror or exc}",
-              file=sys.stderr)
+        # A timeout comes after the connect: the gateway is there but does not answer.
+        what = "no answer from" if isinstance(exc, TimeoutError) else "cannot reach"
+        print(f"xmppgw: {what} the gateway at {path}: {exc.strerror or exc}", file=sys.stderr)
         return None
     if not reply.get("ok"):
         print(f"xmppgw: {reply.get('error')}", file=sys.stderr)

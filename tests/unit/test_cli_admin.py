@@ -116,3 +116,21 @@ def test_check_timeout_is_finite_and_positive(
     assert f"argument --timeout: must be more than 0 seconds, not {value!r}" in (
         capsys.readouterr().err)
     assert cli.timeout_seconds("0.5") == 0.5
+
+
+def test_a_gateway_that_takes_the_connection_but_never_answers_is_named_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not "cannot reach": the kernel accepted for it (a stopped or overloaded gateway)."""
+    import errno
+
+    from xmppgw.control import server
+
+    def silent(path: object, payload: object, timeout: float) -> dict:
+        raise TimeoutError(errno.ETIMEDOUT, f"connected, but got no answer within {timeout:g} s")
+
+    monkeypatch.setattr(server, "request", silent)
+    path, sock = write(tmp_path, MINIMAL)
+    assert cli.main(["show", "reals", "-c", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"xmppgw: no answer from the gateway at {sock}: connected, but got no answer within 30 s"]
