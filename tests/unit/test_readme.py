@@ -110,6 +110,32 @@ def test_the_bench_figures_quoted_are_the_latest_rounds() -> None:
         BENCH_PAGE.read_text(encoding="utf-8"), "the page's table is not latest.md"
 
 
+SYSCALLS = ROOT / "bench" / "results" / "profiles" / "syscalls-per-open.txt"
+
+
+def test_the_performance_goals_quoted_are_the_latest_round_and_profile() -> None:
+    """The README's goals line: which goals latest.json says are met, the opens per
+    CPU-second and quota scaling figures from it, and the Python floor's ratio from the
+    committed syscall profile (its CPU table: opens per CPU-s over HAProxy's)."""
+    data = json.loads(BENCH.read_text())
+    figures = data["figures"]
+    bullet = " ".join(next(line for line in section(readme(), "Measured").split("\n- ")
+                           if "docs/performance.md" in line).split())
+    met = {g["goal"]: g["met"] for g in data["goals"]}
+    assert not met["stream opens per proxy CPU-second >= 0.5x HAProxy's"]
+    assert not met["with 2 workers, opens/s >= 1.8x one worker's"]
+    assert all(ok for goal, ok in met.items() if "bulk" in goal or "RSS" in goal
+               or "p99" in goal), met
+    floor = next(line.split()[-1] for line in SYSCALLS.read_text().splitlines()
+                 if line.startswith("floor "))
+    assert (f"stream opens per proxy CPU-second, {bench_ratio('handshakes_per_cpu')} of "
+            f"HAProxy's (goal 0.5; a bare Python relay doing the same steps reaches {floor})"
+            ) in bullet, bullet
+    quota = figures["scale_2w_quota"]
+    assert (f"two workers over one under a CPU quota, {quota['xmppgw']:.2f} (goal 1.8; "
+            f"HAProxy's two threads: {quota['haproxy']:.2f})") in bullet, bullet
+
+
 def test_the_chaos_figures_quoted_are_the_latest_full_runs() -> None:
     """The README's chaos line quotes the newest full run in chaos/results/: its date, its
     population, and the blackhole rows (through the gateway; SRV only, no gateway)."""
