@@ -8,6 +8,7 @@ front of the harness's 3-node ejabberd cluster, with one and with two workers.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import signal
@@ -143,6 +144,15 @@ async def test_no_inservice_moves_new_logins_and_drain_closes_the_rest(
         assert all(real_of(gateway, c) != node for c in newcomers)
         assert all([await alive(c) for c in on_node])  # existing sessions keep working
 
+        # A long drain is shown with its end; a shorter one given later replaces it.
+        result = xmppgw("real", FARM, node, "no-inservice", "--drain", "600", "-c", cfg)
+        assert result.returncode == 0, result.stderr
+        [row] = [r for r in json.loads(gateway.show("reals", "--json"))
+                 if r["address"] == node]
+        assert row["drain_end"].endswith("Z") and 590 < row["drain_left"] <= 600
+        assert f"{node}, weight = 1, OUTOFSERVICE, conns = 2, drain ends {row['drain_end']}" \
+            in gateway.show("serverfarms", "detail")
+        assert all([await alive(c) for c in on_node])  # a drain under way cuts nobody yet
         result = xmppgw("real", FARM, node, "no-inservice", "--drain", "1", "-c", cfg)
         assert result.returncode == 0, result.stderr
         for client in on_node:

@@ -32,6 +32,14 @@ def drain_until(inservice: bool, drain: Any, wall: float) -> float | None:
     return None if inservice or drain is None else wall + float(drain)
 
 
+def same_deadline(a: float | None, b: float | None) -> bool:
+    """Two drain deadlines (loop clock) that are the same drain: both none, or within an
+    ADMIN_TICK (the wall-clock end is turned into loop time again at each look)."""
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) < ADMIN_TICK
+
+
 def drain_left(until: float | None, wall: float) -> float | None:
     """Seconds left of a drain ending at wall-clock `until` (0 once past; None: no drain)."""
     return None if until is None else max(0.0, until - wall)
@@ -168,9 +176,9 @@ class Operator:
                     continue
                 inservice, until = held
                 drain = drain_left(until, wall)
-                if inservice != real.inservice or (
-                        drain is not None) != (real.drain_deadline is not None):
-                    farm.set_inservice(real, inservice, now, drain)
+                if inservice != real.inservice or not same_deadline(
+                        None if drain is None else now + drain, real.drain_deadline):
+                    farm.set_inservice(real, inservice, now, drain)  # a new drain replaces
             gw.engine_changed(farm)
         for vs in gw.listeners.live():
             held = gw.admin.vserver(gw.rows.vservers[vs.name])
