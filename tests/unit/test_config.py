@@ -132,7 +132,7 @@ def test_bool_is_not_an_integer() -> None:
 
 def test_missing_serverfarm() -> None:
     [problem] = refused(MINIMAL.replace('serverfarm = "F"', 'serverfarm = "G"'))
-    assert problem == "test.toml:7: vserver[0].serverfarm: no serverfarm named 'G' (F)"
+    assert problem == "test.toml:7: vserver[0] (V).serverfarm: no serverfarm named 'G' (F)"
 
 
 def test_duplicate_virtual_and_real_addresses() -> None:
@@ -143,7 +143,7 @@ virtual = "127.0.0.1:5222"
 serverfarm = "F"
 """ + '\n[[serverfarm.real]]\naddress = "127.0.0.2"\n'
     problems = refused(text)
-    assert "test.toml:17: vserver[1].virtual: duplicate virtual address 127.0.0.1:5222" in problems
+    assert "test.toml:17: vserver[1] (W).virtual: duplicate virtual address 127.0.0.1:5222" in problems
     assert any(p.startswith("test.toml:21: serverfarm[0] (F).real[1].address: duplicate address")
                for p in problems), problems
 
@@ -152,7 +152,7 @@ def test_every_problem_is_reported_at_once() -> None:
     text = MINIMAL.replace('mode', 'x').replace('"127.0.0.1:5222"', '"127.0.0.1"') + "weight = 0\n"
     problems = refused(text)
     assert len(problems) == 2
-    assert "vserver[0].virtual: needs a port" in problems[0] or "needs a port" in problems[1]
+    assert "vserver[0] (V).virtual: needs a port" in problems[0] or "needs a port" in problems[1]
     assert any("weight: must be at least 1" in p for p in problems)
 
 
@@ -163,7 +163,7 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_mode_values(value: str, message: str) -> None:
     text = MINIMAL.replace('serverfarm = "F"\n', f'serverfarm = "F"\nmode = {value}\n', 1)
     [problem] = refused(text)
-    assert "vserver[0].mode" in problem and message in problem
+    assert "vserver[0] (V).mode" in problem and message in problem
 
 
 def test_mode_both_and_the_direct_tls_ports() -> None:
@@ -212,7 +212,7 @@ serverfarm = "S2S"
     assert refused(text.replace('kind = "s2s"\n', 'kind = "s3s"\n'))[0].endswith(
         "must be one of c2s, s2s, component; did you mean 's2s'?")
     problem = refused(text.replace('serverfarm = "S2S"\n', 'serverfarm = "NOPE"\n'))[0]
-    assert "vserver[1].route[0].serverfarm: no serverfarm named 'NOPE'" in problem
+    assert "vserver[1] (W).route[0].serverfarm: no serverfarm named 'NOPE'" in problem
 
 
 def test_toml_syntax_error_names_file_and_line() -> None:
@@ -275,7 +275,7 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     bad.write_text(MINIMAL.replace('serverfarm = "F"', 'serverfarm = "G"'))
     result = run_cli("check", "-c", str(bad))
     assert result.returncode == 1
-    assert result.stderr.strip() == f"{bad}:7: vserver[0].serverfarm: no serverfarm named 'G' (F)"
+    assert result.stderr.strip() == f"{bad}:7: vserver[0] (V).serverfarm: no serverfarm named 'G' (F)"
     result = run_cli("check", "-c", str(tmp_path / "missing.toml"))
     assert result.returncode == 1 and "cannot read" in result.stderr
 

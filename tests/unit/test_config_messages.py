@@ -29,7 +29,7 @@ def test_every_bad_domain_is_reported_at_its_index_and_line() -> None:
 def test_kinds_and_zones_are_checked_element_by_element_too() -> None:
     text = MINIMAL.replace('serverfarm = "F"', 'serverfarm = "F"\nkinds = ["c2s", "x", "y"]')
     problems = refused(text)
-    assert [p.split(": ")[1] for p in problems] == ["vserver[0].kinds[1]", "vserver[0].kinds[2]"]
+    assert [p.split(": ")[1] for p in problems] == ["vserver[0] (V).kinds[1]", "vserver[0] (V).kinds[2]"]
     problems = refused(MINIMAL + '\n[srv]\nlisten = "127.0.0.1:5300"\nzones = ["a.test", "b c"]\n')
     assert problems == ["test.toml:17: srv.zones[1]: 'b c' is not a domain name or *.suffix"]
 

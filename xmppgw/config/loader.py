@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any
 
-from xmppgw.config.locator import KeyPath, Locator, Names, farm_names, problem, where
+from xmppgw.config.locator import KeyPath, Locator, Names, problem, table_names, where
 from xmppgw.config.model import (
     IMPLICIT_PROBE,
     KINDS,
@@ -67,7 +67,7 @@ def loads(text: str, path: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
-    ctx = _Context(path, text, farm_names(data.get("serverfarm")))
+    ctx = _Context(path, text, table_names(data.get("serverfarm"), data.get("vserver")))
     config = _build(ctx, data)
     if ctx.found:
         raise ConfigError(ctx.messages())
@@ -761,16 +761,16 @@ def _farm_use(ctx: _Context, vservers: list[VserverConfig | None],
 def _cross_check(ctx: _Context, vservers: list[VserverConfig | None],
                  farms: list[ServerfarmConfig | None]) -> None:
     """Facts that span sections: names resolve, nothing listens twice, names are unique."""
-    farm_names: dict[str, int] = {}
+    table_names: dict[str, int] = {}
     for i, farm in enumerate(farms):
         if farm is None or farm.name is None:
             continue
-        if farm.name in farm_names:
+        if farm.name in table_names:
             ctx.error(("serverfarm", i, "name"), f"duplicate serverfarm name {farm.name!r}")
-        farm_names[farm.name] = i
+        table_names[farm.name] = i
     if not vservers and not farms:
         ctx.error(("vserver",), "an empty config: no [[vserver]] and no [[serverfarm]]")
-    known = ", ".join(farm_names) or "none defined"
+    known = ", ".join(table_names) or "none defined"
     names: set[str] = set()
     virtuals: set[str] = set()
     for i, v in enumerate(vservers):
@@ -782,10 +782,10 @@ def _cross_check(ctx: _Context, vservers: list[VserverConfig | None],
         if str(v.virtual) in virtuals:
             ctx.error(("vserver", i, "virtual"), f"duplicate virtual address {v.virtual}")
         virtuals.add(str(v.virtual))
-        if v.serverfarm is not None and v.serverfarm not in farm_names:
+        if v.serverfarm is not None and v.serverfarm not in table_names:
             ctx.error(("vserver", i, "serverfarm"), f"no serverfarm named {v.serverfarm!r} ({known})")
         for j, route in enumerate(v.routes):
-            if route.serverfarm is not None and route.serverfarm not in farm_names:
+            if route.serverfarm is not None and route.serverfarm not in table_names:
                 ctx.error(("vserver", i, "route", j, "serverfarm"),
                           f"no serverfarm named {route.serverfarm!r} ({known})")
 

@@ -18,8 +18,8 @@ Names = dict[KeyPath, str]  # ("serverfarm", 1) -> "XMPP": a table's name, where
 
 
 def format_keypath(keypath: KeyPath, names: Names | None = None) -> str:
-    """`serverfarm[1] (XMPP).real[0].weight`: indexes as in the file, a farm's name after
-    its index when `names` knows it (an operator thinks of farms by name)."""
+    """`serverfarm[1] (XMPP).real[0].weight`: indexes as in the file, a farm's or vserver's
+    name after its index when `names` knows it (an operator thinks of them by name)."""
     out = ""
     for n, part in enumerate(keypath):
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
@@ -29,17 +29,19 @@ def format_keypath(keypath: KeyPath, names: Names | None = None) -> str:
     return out or "(top level)"
 
 
-def farm_names(farms: Any) -> Names:
-    """`format_keypath`'s names for the serverfarms: each one's `name` where it is a string.
-    `farms` is the TOML's `serverfarm` array (dicts) or the Config's farms."""
-    if not isinstance(farms, (list, tuple)):
-        return {}
+def table_names(farms: Any, vservers: Any = None) -> Names:
+    """`format_keypath`'s names for the serverfarms and vservers: each one's `name` where it
+    is one printable word. `farms`, `vservers`: the TOML's `serverfarm` and `vserver` arrays
+    (dicts) or the Config's tuples."""
     out: Names = {}
-    for i, farm in enumerate(farms):
-        name = farm.get("name") if isinstance(farm, dict) else getattr(farm, "name", None)
-        if isinstance(name, str) and name and all(c.isprintable() and not c.isspace()
-                                                  for c in name):
-            out[("serverfarm", i)] = name
+    for key, tables in (("serverfarm", farms), ("vserver", vservers)):
+        if not isinstance(tables, (list, tuple)):
+            continue
+        for i, table in enumerate(tables):
+            name = table.get("name") if isinstance(table, dict) else getattr(table, "name", None)
+            if isinstance(name, str) and name and all(c.isprintable() and not c.isspace()
+                                                      for c in name):
+                out[(key, i)] = name
     return out
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xmppgw.config.loader import loads
-from xmppgw.config.locator import KeyPath, farm_names, problem
+from xmppgw.config.locator import KeyPath, problem, table_names
 from xmppgw.config.model import Config, ConfigError, ExternalRef
 
 
@@ -48,7 +48,7 @@ def resolve(config: Config) -> Config:
 
     Raises ConfigError with every problem found."""
     problems: list[str] = []
-    names = farm_names(config.serverfarms)
+    names = table_names(config.serverfarms, config.vservers)
     for ref in config.external:
         message, secret = _check(ref)
         if message is not None:
