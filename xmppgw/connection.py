@@ -546,7 +546,6 @@ class ClientConnection:
         self._finish_if_done(out, now)
         return self._timed(out)
 
-
     # --- events: attempts (before the commit) ------------------------------------------
 
     def attempt_connected(self, attempt: int, now: float) -> list[Command]:
@@ -1058,7 +1057,7 @@ class ClientConnection:
         if tracker is not None:
             held = self.held
             if tracker.starttls_requested or (
-                    held is not None and sum(map(len, held)) + len(data) > MAX_SERVER_HELD):
+                    (sum(map(len, held)) if held else 0) + len(data) > MAX_SERVER_HELD):
                 self._read_held(out)
                 self._read_server(data, out)
             elif held is None:

@@ -302,6 +302,13 @@ def test_a_real_s_unreadable_cleartext_is_noticed_past_the_held_bound() -> None:
     assert out[0] == GoOpaque(True) and conn.phase is Phase.OPAQUE and conn.held is None
 
 
+def test_one_chunk_past_the_held_bound_is_read_at_once() -> None:
+    world = World()
+    conn = relaying(world)
+    out = conn.real_data(b"<a>" + b"x" * MAX_SERVER_HELD + b"</b>", 0.4)
+    assert out[0] == GoOpaque(True) and conn.held is None
+
+
 def test_system_shutdown_reads_what_the_real_sent_first() -> None:
     """Held bytes are read before the gateway writes into the stream: a half-sent element
     is not cut."""
