@@ -9,6 +9,12 @@
 #   bash bench/profile.sh --syscalls [--rounds 3]   user/kernel µs and system calls per open,
 #                                                   HAProxy beside xmppgw (strace -c): bench/
 #                                                   results/profiles/syscalls-per-open.txt
+#
+# Each run overwrites the committed file it writes (its header keeps the commit, "(modified)"
+# for a changed tree, and the background CPU use: a busy run is worth discarding). What it
+# needs and lacks is installed: xmppgw with its `fast` extra and py-spy into $PYTHON
+# (default python3: use PYTHON=.venv/bin/python to keep the system Python as it is), strace
+# and haproxy with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
