@@ -98,6 +98,7 @@ SETTLED_TIME = 2.0
 LINGER_BYTES = 4 << 20
 
 SHUTDOWN_TEXT = "the gateway is shutting down"
+DRAIN_TEXT = "this node is being taken out of service"
 
 # The first byte of a TLS connection: a handshake record (RFC 8446 §5.1, ContentType 22).
 TLS_HANDSHAKE = 0x16
@@ -712,8 +713,13 @@ class ClientConnection:
         return self.real in reals or self.vserver in vservers
 
     def drain(self, now: float) -> list[Command]:
-        """A drain ended (`real ... no-inservice --drain`, or a vserver's): close."""
+        """A drain ended (`real ... no-inservice --drain`, or a vserver's): close. A stream
+        still in cleartext, between two of the real's top-level elements, is told
+        `<system-shutdown/>` first (RFC 6120 §4.9.3.21), as at shutdown, so its client
+        reconnects at once instead of reading a bare close."""
         out: list[Command] = []
+        if self.phase is CLEARTEXT_RELAY and self._server_between_elements(out):
+            self._answer(stream_error("system-shutdown", DRAIN_TEXT), out)
         self.error = "drained"
         self._close(out, now)
         return self._timed(out)

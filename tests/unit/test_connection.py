@@ -31,6 +31,7 @@ from xmppgw.connection import (
     CLOSE,
     CLOSE_LINGER,
     DONE,
+    DRAIN_TEXT,
     LINGER_BYTES,
     LINGER_TIME,
     MAX_CONNECT_BUFFER,
@@ -755,12 +756,22 @@ def test_client_reading_pauses_past_the_connect_buffer() -> None:
 
 
 def test_drain_of_the_real_closes() -> None:
+    """In cleartext between the real's elements the client is told, as at shutdown; inside
+    an element, or once opaque, the stream is closed without a word of ours in it."""
     world = World()
     conn = relaying(world)
     assert not conn.drains({world.real(1)}, ())
     assert conn.drains({world.real(0)}, ())
-    assert conn.drain(1.0) == [CLOSE, SetTimer(None)]
+    assert conn.drain(1.0) == [SendClient(stream_error("system-shutdown", DRAIN_TEXT)), CLOSE,
+                               SetTimer(None)]
     assert conn.error == "drained"
+    inside = relaying(World())
+    inside.real_data(b"<stream:features>", 0.4)
+    assert inside.drain(1.0) == [CLOSE, SetTimer(None)]
+    opaque = relaying(World())
+    opaque.client_data(STARTTLS, 0.4)
+    opaque.real_data(PROCEED, 0.5)
+    assert opaque.drain(1.0) == [CLOSE]
 
 
 def test_drain_of_the_vserver() -> None:
