@@ -329,6 +329,8 @@ def control_socket_of(config_path: str) -> str | None:
     printed) if the file cannot be read, is not TOML, or that value itself is bad."""
     import tomllib
 
+    from xmppgw.config.resolver import decode
+
     try:
         config = configmod.load(config_path)
     except configmod.ConfigError as exc:
@@ -337,7 +339,7 @@ def control_socket_of(config_path: str) -> str | None:
         return config.gateway.control_socket or ""
     try:
         with open(config_path, "rb") as f:
-            data = tomllib.loads(f.read().decode("utf-8"))
+            data = tomllib.loads(decode(f.read()))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         data = None
     gateway = data.get("gateway", {}) if data is not None else None

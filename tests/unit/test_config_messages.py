@@ -78,3 +78,20 @@ def test_a_file_that_is_not_utf8_is_told_where(tmp_path: Path) -> None:
     offset = MINIMAL.index('name = "V"') + len('name = "V')
     assert info.value.problems == [
         f"{path}:5: not UTF-8 text: invalid continuation byte 0xe9 at byte {offset} (column 10)"]
+
+
+def test_a_byte_order_mark_is_taken_off(tmp_path: Path) -> None:
+    """Editors on Windows start UTF-8 files with one; TOML's parser would call it a bad
+    statement on line 1."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert config.load(path).serverfarms[0].name == "F"
+
+
+def test_a_huge_weight_names_the_weight_s_own_bound() -> None:
+    text = MINIMAL.replace('address = "127.0.0.2"',
+                           'address = "127.0.0.2"\nweight = 99999999999999999999')
+    with pytest.raises(config.ConfigError) as caught:
+        config.loads(text, "w.toml")
+    [problem] = caught.value.problems
+    assert "weight: must be at most 255" in problem, problem

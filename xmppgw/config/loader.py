@@ -156,7 +156,9 @@ class _Section:
             return None if default is _REQUIRED else default
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
-            self.ctx.error(self.keypath + (key,), f"must be at most {MAX_INTEGER}")
+            # The key's own bound first (weight: 255), so one message gives the real limit.
+            self.ctx.error(self.keypath + (key,),
+                           (check(value) if check else None) or f"must be at most {MAX_INTEGER}")
             return None if default is _REQUIRED else default
         if float in kinds and isinstance(value, int):
             value = float(value)  # TOML `retry = 30` is a duration like `retry = 30.0`

@@ -28,10 +28,16 @@ def load(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     try:
-        text = raw.decode("utf-8")
+        text = decode(raw)
     except UnicodeDecodeError as exc:
         raise ConfigError([not_utf8(str(path), raw, exc)]) from None
     return resolve(loads(text, str(path)))
+
+
+def decode(raw: bytes) -> str:
+    """A config file's text: UTF-8 (TOML 1.0 §Spec), a byte-order mark at the start taken
+    off, as editors on Windows write one. Raises UnicodeDecodeError."""
+    return raw.decode("utf-8").removeprefix("\ufeff")
 
 
 def not_utf8(path: str, raw: bytes, exc: UnicodeDecodeError) -> str:
