@@ -41,7 +41,7 @@ def test_an_unused_empty_farm_is_only_a_warning() -> None:
 
 
 @pytest.mark.parametrize("farm_key, real_key, expect", [
-    ("", "weight = 10000000000000000000000", "real[0].weight: must be at most 2147483647"),
+    ("", "weight = 10000000000000000000000", "real[0].weight: must be at most 255 (IOS's weight range)"),
     ("", "weight = 256", "real[0].weight: must be at most 255 (IOS's weight range)"),
     ("", "retry = 1e300", "real[0].retry: must be at most 3600 (IOS's retry range)"),
     ("", "retry = 3601", "real[0].retry: must be at most 3600"),
