@@ -100,7 +100,7 @@ def drain_seconds(text: str) -> float:
     value = _finite(text)
     if value is None or value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
-    return value
+    return value + 0.0  # -0 is 0 (the log would say -0.0)
 
 
 def timeout_seconds(text: str) -> float:

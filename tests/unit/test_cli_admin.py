@@ -96,6 +96,7 @@ def test_drain_values_that_are_fine() -> None:
     assert cli.drain_seconds("0") == 0.0
     assert cli.drain_seconds("600") == 600.0
     assert cli.drain_seconds("1.5") == 1.5
+    assert str(cli.drain_seconds("-0")) == "0.0"  # not -0.0 in the log
 
 
 def test_drain_with_inservice_is_a_usage_error(tmp_path: Path,

@@ -257,6 +257,9 @@ def test_outofservice_takes_nothing_new_and_drains_at_the_deadline() -> None:
     assert farm.reals_to_drain(63.0) == []
     farm.set_inservice(a, True, 70.0)
     assert a.drain_deadline is None and farm.state(a, 70.0) is RealState.OPERATIONAL
+    # A drain that went through the admin table (wall clock -> loop time) is said as typed.
+    change = farm.set_inservice(a, False, 71.0, drain_timeout=599.9887)
+    assert change is not None and "(drain 600 s)" in change.reason
 
 
 def test_inservice_again_forgets_a_passive_failure() -> None:

@@ -403,7 +403,9 @@ class Serverfarm:
             return self._sync(real, now, "inservice", before)
         real.inservice = False
         real.drain_deadline = None if drain_timeout is None else now + drain_timeout
-        drain = "" if drain_timeout is None else f" (drain {drain_timeout:g} s)"
+        # Rounded: a drain given in seconds is turned into loop time and back on its way
+        # through the admin table (599.9887 s), which is not what the operator typed.
+        drain = "" if drain_timeout is None else f" (drain {round(drain_timeout, 1):g} s)"
         return self._sync(real, now, f"no inservice{drain}", before)
 
     def reconfigure(self, config: ServerfarmConfig, now: float) -> list[Real]:
