@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("show", help="show vservers, serverfarms, reals or conns (its streams) of a running gateway")
     show.add_argument("what", choices=["vservers", "serverfarms", "reals", "conns"])
     show.add_argument("detail", nargs="?", choices=["detail"], help="IOS's detail form")
-    show.add_argument("-c", "--config", required=True, help="the running gateway's config")
+    _gateway_named(show)
     show.add_argument("--json", action="store_true", help="the same data as JSON")
     for what, name_help in (("real", "the real's address as `show reals` prints it"),
                             ("vserver", "the vserver's name")):
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         admin.add_argument("action", choices=["inservice", "no-inservice"])
         admin.add_argument("--drain", type=drain_seconds, metavar="SECONDS",
                            help="with no-inservice: close what is still open after SECONDS")
-        admin.add_argument("-c", "--config", required=True, help="the running gateway's config")
+        _gateway_named(admin)
     reload = sub.add_parser("reload", help="make a running gateway re-read its config "
                             "(as SIGHUP does); a bad file is refused and the old one runs on")
     reload.add_argument("-c", "--config", required=True, help="the running gateway's config")
@@ -92,6 +92,15 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
     from xmppgw.config.reference import write
 
     return write(args.output)
+
+
+def _gateway_named(command: argparse.ArgumentParser) -> None:
+    """`-c CONFIG` (its gateway.control_socket), or `--socket PATH` itself: the way in when
+    the config file on disk does not even parse (an edit half done)."""
+    named = command.add_mutually_exclusive_group(required=True)
+    named.add_argument("-c", "--config", help="the running gateway's config")
+    named.add_argument("--socket", metavar="PATH",
+                       help="the running gateway's control socket, instead of -c")
 
 
 def drain_seconds(text: str) -> float:
@@ -289,17 +298,21 @@ def cmd_import_ios(args: argparse.Namespace) -> int:
     return 0
 
 
-def _control(config_path: str, payload: dict[str, object],
-             strict: bool = False) -> dict | None:
-    """One request to the running gateway named by a config file; None (said why) if it
-    cannot be made or the gateway refused it.
+def _control(config_path: str | None, payload: dict[str, object],
+             strict: bool = False, socket_path: str | None = None) -> dict | None:
+    """One request to the running gateway named by a config file, or by its control socket
+    `socket_path` itself (`--socket`); None (said why) if it cannot be made or the gateway
+    refused it.
 
     Only `gateway.control_socket` is read. Unless `strict` (reload: the file is the new
     config), a file with problems elsewhere still names the socket: an operator half-way
     through an edit can look at the gateway and take a real out (a warning says so)."""
     from xmppgw.control.server import request
 
-    path = control_socket_of(config_path) if not strict else _strict_socket(config_path)
+    if socket_path is not None or config_path is None:  # argparse: one of the two
+        path: str | None = socket_path
+    else:
+        path = control_socket_of(config_path) if not strict else _strict_socket(config_path)
     if path is None:
         return None
     if not path:
@@ -367,7 +380,8 @@ def _admin(args: argparse.Namespace, payload: dict[str, object]) -> int:
     if args.drain is not None and inservice:  # a usage error: argparse's exit status
         print("xmppgw: --drain goes with no-inservice", file=sys.stderr)
         return 2
-    reply = _control(args.config, {**payload, "inservice": inservice, "drain": args.drain})
+    reply = _control(args.config, {**payload, "inservice": inservice, "drain": args.drain},
+                     socket_path=args.socket)
     if reply is None:
         return 1
     data = reply["data"]
@@ -402,7 +416,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from xmppgw.control import show
     from xmppgw.control.snapshot import GatewaySnapshot
 
-    reply = _control(args.config, {"command": "show", "conns": args.what == "conns"})
+    reply = _control(args.config, {"command": "show", "conns": args.what == "conns"},
+                     socket_path=args.socket)
     if reply is None:
         return 1
     data = GatewaySnapshot.from_json(reply["data"])

@@ -135,3 +135,19 @@ def test_a_gateway_that_takes_the_connection_but_never_answers_is_named_so(
     assert cli.main(["show", "reals", "-c", str(path)]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"xmppgw: no answer from the gateway at {sock}: connected, but got no answer within 30 s"]
+
+
+def test_socket_names_the_gateway_when_the_config_does_not_even_parse(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--socket PATH` instead of `-c`: the way in when the file on disk is half edited."""
+    path, sock = write(tmp_path, MINIMAL + "\nbogus = \n")
+    assert cli.main(["show", "reals", "-c", str(path)]) == 1
+    assert "TOML syntax error" in capsys.readouterr().err
+    for argv in (["show", "reals"], ["real", "F", "127.0.0.2", "no-inservice"],
+                 ["vserver", "V", "inservice"]):
+        assert cli.main([*argv, "--socket", str(sock)]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"xmppgw: cannot reach the gateway at {sock}: No such file or directory"]
+    with pytest.raises(SystemExit) as usage:  # one of the two, not both
+        cli.main(["show", "reals", "-c", str(path), "--socket", str(sock)])
+    assert usage.value.code == 2
