@@ -32,6 +32,9 @@ _SLOT = {name: i for i, name in enumerate(FIELDS)}
 _ROW = struct.Struct(f"{_WIDTH}d")
 _FIELD = struct.Struct("d")
 _PROBE_FAILED = _SLOT["probe_failed"] * _FIELD.size  # byte offset in a row
+_LOAD, _PENDING, _CONSECUTIVE, _CLIENTS, _UNTIL = (
+    _SLOT[f] for f in ("load", "pending", "consecutive_failures", "failed_clients",
+                       "failed_until"))
 
 
 def _store(mem: mmap.mmap, layout: struct.Struct, offset: int, *values: Any) -> None:
@@ -92,11 +95,11 @@ class SharedTable:
         for w in range(self.workers):
             if w != worker:
                 row = _ROW.unpack_from(mem, offset + w * step)
-                load += row[0]
-                pending += row[1]
-                consecutive += row[6]
-                clients += row[7]
-                until = max(until, row[8])
+                load += row[_LOAD]
+                pending += row[_PENDING]
+                consecutive += row[_CONSECUTIVE]
+                clients += row[_CLIENTS]
+                until = max(until, row[_UNTIL])
         return Peers(int(load), int(consecutive), int(clients), until, int(pending))
 
     def probe_failed(self, real: int) -> bool:
