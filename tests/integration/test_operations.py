@@ -170,6 +170,38 @@ async def test_no_inservice_moves_new_logins_and_drain_closes_the_rest(
         await asyncio.gather(*(close(c) for c in clients))
 
 
+async def test_a_drain_tells_a_cleartext_stream_system_shutdown(
+        gateway: GatewayProcess, servers: Servers) -> None:
+    """A stream still in cleartext (ejabberd's header and features read, no STARTTLS yet)
+    on a drained real gets <system-shutdown/> before the close, as at shutdown."""
+    cfg = str(gateway.config_path)
+    reader, writer = await asyncio.open_connection(VIP, 5222)
+    port = writer.get_extra_info("sockname")[1]
+    node = None
+    try:
+        writer.write(f"<?xml version='1.0'?><stream:stream to='{servers.ejabberd_domain}' "
+                     "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                     "version='1.0'>".encode())
+        greeting = b""
+        while b"</stream:features>" not in greeting:
+            greeting += await asyncio.wait_for(reader.read(4096), 10)
+        node = gateway.wait_record(lambda r: r["client"].endswith(f":{port}"),
+                                   event="connected")["real"]
+        result = xmppgw("real", FARM, node, "no-inservice", "--drain", "0", "-c", cfg)
+        assert result.returncode == 0, result.stderr
+        tail = await asyncio.wait_for(reader.read(), 10)
+        assert b"<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in tail
+        assert b"this node is being taken out of service" in tail
+        assert tail.endswith(b"</stream:stream>")
+        record = gateway.wait_record(lambda r: r["client"].endswith(f":{port}"))
+        assert record["error"] == "drained" and record["real"] == node
+    finally:
+        writer.close()
+        if node is not None:  # back in service for the module's other tests
+            result = xmppgw("real", FARM, node, "inservice", "-c", cfg)
+            assert result.returncode == 0, result.stderr
+
+
 def test_unknown_real_is_refused_with_the_known_ones(gateway: GatewayProcess) -> None:
     result = xmppgw("real", FARM, "192.0.2.1", "no-inservice", "-c", str(gateway.config_path))
     assert result.returncode == 1
